@@ -1,0 +1,210 @@
+//! Server configuration: one TOML file, every key optional. `docs/CONFIG.md` documents each key
+//! with its default; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The XMPP domain served (the part after @ in users' addresses).
+    pub domain: String,
+    /// Folder for every piece of state: database, generated TLS certificate. `--data` overrides it.
+    pub data_dir: PathBuf,
+    pub c2s: C2sConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    pub registration: RegistrationConfig,
+    pub components: ComponentsConfig,
+    pub ping: PingConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("kabar-data"),
+            c2s: C2sConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            registration: RegistrationConfig::default(),
+            components: ComponentsConfig::default(),
+            ping: PingConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct C2sConfig {
+    /// Addresses for client connections that start in plain text and upgrade with STARTTLS.
+    pub listen: Vec<SocketAddr>,
+    /// Addresses for XEP-0368 direct TLS client connections.
+    pub direct_tls_listen: Vec<SocketAddr>,
+    /// Refuse to authenticate a client that has not started TLS (RFC 6120 §5.3.1). Turn off only
+    /// for loopback benchmarks.
+    pub require_encryption: bool,
+    /// What happens when a client binds a resource that is already in use: "replace" closes the old
+    /// session with a <conflict/> stream error (RFC 6120 §7.7.2.2, what most clients expect);
+    /// "refuse" fails the new bind with <conflict/>; "random" gives the new session a fresh resource.
+    pub resource_conflict: ResourceConflict,
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5222))],
+            direct_tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
+            require_encryption: true,
+            resource_conflict: ResourceConflict::Replace,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceConflict {
+    Replace,
+    Refuse,
+    Random,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. When both `cert` and `key` are unset, kabar generates a private CA and
+    /// a certificate for the domain into `<data_dir>/tls/` on first start and reuses them after.
+    pub cert: Option<PathBuf>,
+    /// PEM private key matching `cert`.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest stanza accepted, in bytes; a larger one ends the stream with <policy-violation/>.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_xml_depth: usize,
+    /// Seconds a connection may take from TCP accept to a bound resource.
+    pub unauthenticated_timeout_secs: u64,
+    /// Sustained stanzas per second one session may send; beyond it reading pauses (shaping).
+    pub stanzas_per_second: u32,
+    /// Stanzas a session may send in a burst above the sustained rate.
+    pub stanza_burst: u32,
+    /// Most sessions one account may have at once; further binds fail with <resource-constraint/>.
+    pub max_sessions_per_account: usize,
+    /// Most messages held for one offline user; further ones bounce with <service-unavailable/>.
+    pub max_offline_messages: usize,
+    /// Failed logins allowed per client IP per minute, before <temporary-auth-failure/>.
+    pub auth_failures_per_ip_per_minute: u32,
+    /// Failed logins allowed per account name per minute (counted whether or not it exists).
+    pub auth_failures_per_account_per_minute: u32,
+    /// Outgoing stanzas queued for one session before it is disconnected as too slow.
+    pub session_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_bytes: 256 * 1024,
+            max_xml_depth: 32,
+            unauthenticated_timeout_secs: 30,
+            stanzas_per_second: 100,
+            stanza_burst: 500,
+            max_sessions_per_account: 20,
+            max_offline_messages: 1000,
+            auth_failures_per_ip_per_minute: 20,
+            auth_failures_per_account_per_minute: 10,
+            session_queue: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Allow XEP-0077 in-band registration of new accounts.
+    pub enabled: bool,
+    /// Successful registrations allowed per client IP per hour.
+    pub per_ip_per_hour: u32,
+    /// Usernames nobody may register (compared after normalisation).
+    pub reserved_usernames: Vec<String>,
+    /// Shortest password accepted at registration and password change.
+    pub min_password_length: usize,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            enabled: false,
+            per_ip_per_hour: 5,
+            reserved_usernames: ["admin", "administrator", "root", "postmaster", "abuse", "support", "security", "webmaster", "hostmaster", "status"]
+                .map(String::from)
+                .to_vec(),
+            min_password_length: 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentsConfig {
+    /// Addresses for XEP-0114 external components. Keep these on loopback or a private network.
+    pub listen: Vec<SocketAddr>,
+    /// Components allowed to connect: each its domain and shared secret.
+    pub component: Vec<ComponentEntry>,
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        ComponentsConfig { listen: vec![SocketAddr::from(([127, 0, 0, 1], 5347))], component: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentEntry {
+    pub domain: String,
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PingConfig {
+    /// Seconds of silence from a client before the server pings it (XEP-0199).
+    pub idle_secs: u64,
+    /// Seconds to wait for any data after that ping before closing the connection as dead.
+    pub timeout_secs: u64,
+}
+
+impl Default for PingConfig {
+    fn default() -> Self {
+        PingConfig { idle_secs: 240, timeout_secs: 60 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter in tracing's env-filter syntax; `RUST_LOG` overrides it.
+    pub level: String,
+    /// One JSON object per line instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), json: false }
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+}

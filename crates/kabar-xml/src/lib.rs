@@ -1,0 +1,27 @@
+//! Sans-IO XMPP stream framing (RFC 6120 §4, §11).
+//!
+//! [`StreamFramer`] turns bytes from any transport into [`StreamEvent`]s: the stream header, one
+//! [`minidom::Element`] per top-level child (stanza or nonza), and the stream end. It enforces the
+//! limits rxml leaves to its users (stanza size, nesting depth) and classifies every failure as the
+//! RFC 6120 §4.9.3 stream error condition to answer with. [`StreamWriter`] is the outgoing side.
+//!
+//! The tree of a stanza is kept whole (all children and attributes, including ones the server does
+//! not understand), so a routed stanza leaves exactly as it came, apart from what the server must
+//! stamp (`from`).
+
+mod framer;
+mod writer;
+
+pub use framer::{FramerError, Limits, StreamEvent, StreamFramer, StreamHeader};
+pub use minidom::Element;
+pub use writer::{element_to_bytes, HeaderAttrs, StreamWriter, WriteError};
+
+/// `http://etherx.jabber.org/streams`
+pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+/// Content namespace of client-to-server streams.
+pub const NS_CLIENT: &str = "jabber:client";
+/// Content namespace of XEP-0114 component streams.
+pub const NS_COMPONENT: &str = "jabber:component:accept";
+
+mod build;
+pub use build::{elem, ElementExt};
