@@ -17,8 +17,7 @@ use crate::{
 /// Runs `data` through every parser and state transition; must never panic.
 pub fn exercise(data: &[u8]) {
     let _ = parse_plain(data);
-    if let Ok(mut s) = ScramServer::new(Mechanism::ScramSha1, &ChannelBindings::default(), false)
-    {
+    if let Ok(mut s) = ScramServer::new(Mechanism::ScramSha1, &ChannelBindings::default(), false) {
         let _ = s.client_first(data);
     }
 
@@ -49,7 +48,11 @@ pub fn exercise(data: &[u8]) {
         return;
     };
     if server.client_first(first).is_ok() {
-        let user = if sel & 0x80 != 0 { creds.as_ref() } else { None };
+        let user = if sel & 0x80 != 0 {
+            creds.as_ref()
+        } else {
+            None
+        };
         let _ = server.server_first(user);
         let _ = server.client_final(last);
     }

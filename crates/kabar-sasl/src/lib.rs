@@ -148,7 +148,12 @@ pub fn derive_credentials(
         return Err(SaslError::MalformedRequest);
     }
     let prepped = saslprep_nonempty(password)?;
-    Ok(keys_from_prepped(hash, prepped.as_bytes(), salt, iterations))
+    Ok(keys_from_prepped(
+        hash,
+        prepped.as_bytes(),
+        salt,
+        iterations,
+    ))
 }
 
 /// [`derive_credentials`] with a fresh random 16-byte salt.
@@ -255,8 +260,10 @@ pub enum ChannelBindingType {
 
 impl ChannelBindingType {
     /// All supported types, preferred first.
-    pub const ALL: [ChannelBindingType; 2] =
-        [ChannelBindingType::TlsExporter, ChannelBindingType::TlsServerEndPoint];
+    pub const ALL: [ChannelBindingType; 2] = [
+        ChannelBindingType::TlsExporter,
+        ChannelBindingType::TlsServerEndPoint,
+    ];
 
     /// The IANA channel-binding type name, as used in the GS2 `p=` flag.
     pub fn name(self) -> &'static str {

@@ -2,7 +2,9 @@
 
 use subtle::ConstantTimeEq;
 
-use crate::{fake_credentials, keys_from_prepped, saslprep_nonempty, SaslError, ScramCredentials, ScramHash};
+use crate::{
+    fake_credentials, keys_from_prepped, saslprep_nonempty, SaslError, ScramCredentials, ScramHash,
+};
 
 /// A parsed PLAIN message: `[authzid] NUL authcid NUL passwd`.
 #[derive(Clone, PartialEq, Eq)]

@@ -216,18 +216,28 @@ impl ScramServer {
     ///
     /// [`DEFAULT_ITERATIONS`]: crate::DEFAULT_ITERATIONS
     pub fn server_first(&mut self, creds: Option<&ScramCredentials>) -> Result<Vec<u8>, SaslError> {
-        let State::GotClientFirst { gs2_header, cb_data, client_first_bare, client_nonce } =
-            mem::replace(&mut self.state, State::Done)
+        let State::GotClientFirst {
+            gs2_header,
+            cb_data,
+            client_first_bare,
+            client_nonce,
+        } = mem::replace(&mut self.state, State::Done)
         else {
             return Err(SaslError::MalformedRequest);
         };
         let (creds, known_user) = match creds {
             Some(c) => (c.clone(), true),
-            None => (fake_credentials(self.hash, self.username.as_deref().unwrap_or("")), false),
+            None => (
+                fake_credentials(self.hash, self.username.as_deref().unwrap_or("")),
+                false,
+            ),
         };
         let nonce = format!("{client_nonce}{}", self.server_nonce());
-        let server_first =
-            format!("r={nonce},s={},i={}", b64_encode(&creds.salt), creds.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            b64_encode(&creds.salt),
+            creds.iterations
+        );
         let mut expected_cbind = gs2_header.into_bytes();
         expected_cbind.extend_from_slice(&cb_data);
         self.state = State::SentServerFirst {
@@ -270,8 +280,7 @@ impl ScramServer {
         let msg = std::str::from_utf8(msg).map_err(|_| SaslError::MalformedRequest)?;
         // The proof is always last and base64 has no commas, so the last
         // ",p=" splits client-final-message-without-proof from the proof.
-        let (without_proof, proof) =
-            msg.rsplit_once(",p=").ok_or(SaslError::MalformedRequest)?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(SaslError::MalformedRequest)?;
         let mut attrs = without_proof.split(',');
         let cbind = b64_decode(next_attr(&mut attrs, "c=")?)?;
         let client_nonce = next_attr(&mut attrs, "r=")?;
@@ -286,8 +295,11 @@ impl ScramServer {
         let hash = self.hash;
         let auth_message = format!("{auth_message_prefix},{without_proof}");
         let client_signature = hash.hmac(&creds.stored_key, &[auth_message.as_bytes()]);
-        let client_key: Vec<u8> =
-            proof.iter().zip(&client_signature).map(|(p, s)| p ^ s).collect();
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(&client_signature)
+            .map(|(p, s)| p ^ s)
+            .collect();
         let ok = hash.digest(&client_key).ct_eq(&creds.stored_key)
             & cbind.ct_eq(&expected_cbind)
             & client_nonce.as_bytes().ct_eq(nonce.as_bytes())

@@ -823,3 +823,40 @@ impl KvStore for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_configured_for_durability() {
+        let path = std::env::temp_dir().join(format!("kabar-storage-sqlite-unit-{}.db", std::process::id()));
+        let store = SqliteStore::open(&path).expect("open");
+        {
+            let w = lock(&store.inner.writer);
+            let q = |p: &str| -> String {
+                w.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
+                    .map(|v| format!("{v:?}"))
+                    .expect("pragma")
+            };
+            assert_eq!(q("journal_mode"), "Text(\"wal\")");
+            assert_eq!(q("synchronous"), "Integer(2)", "synchronous=FULL");
+            assert_eq!(q("foreign_keys"), "Integer(1)");
+            assert_eq!(q("busy_timeout"), "Integer(10000)");
+        }
+        let readers = lock(&store.inner.readers.idle);
+        assert_eq!(readers.len(), READERS);
+        for r in readers.iter() {
+            let q: i64 = r.query_row("PRAGMA query_only", [], |r| r.get(0)).expect("pragma");
+            assert_eq!(q, 1, "readers are query_only");
+            assert!(r.execute("DELETE FROM kv", []).is_err(), "readers cannot write");
+        }
+        drop(readers);
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The module contract (Prosody's mod_* model). A module declares what it answers and which events
+//! it hooks; the core calls it. Modules keep their own state and talk to each other only through
+//! events and the [`Server`](crate::Server) API.
+
+use async_trait::async_trait;
+use jid::{BareJid, FullJid, Jid};
+use kabar_xml::Element;
+
+use crate::server::Server;
+use crate::stanza::StanzaError;
+
+/// An IQ get/set addressed to the server, or to a local account's bare JID (which the server
+/// answers on the account's behalf, RFC 6120 §10.5.3.3).
+#[derive(Debug)]
+pub struct IqRequest {
+    /// The sender (already stamped by the core).
+    pub from: Jid,
+    /// `None` when addressed to the server itself (no `to`, or the domain).
+    pub to_account: Option<BareJid>,
+    pub is_set: bool,
+    /// The whole `<iq/>`.
+    pub stanza: Element,
+}
+
+impl IqRequest {
+    pub fn payload(&self) -> Option<&Element> {
+        self.stanza.children().next()
+    }
+    /// Whether the sender is the account the request is addressed to (or the server is addressed
+    /// by one of the account's own sessions).
+    pub fn from_account_itself(&self) -> bool {
+        match &self.to_account {
+            None => true,
+            Some(bare) => &self.from.to_bare() == bare,
+        }
+    }
+}
+
+pub type IqResult = Result<Option<Element>, StanzaError>;
+
+/// Things that happen, in the order modules were registered; a module answers with a [`Flow`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A presence stanza a local session sent (`from` stamped, any `to`).
+    OutboundPresence { from: &'a FullJid, stanza: &'a Element },
+    /// A presence stanza for a local account, from anyone (after filtering).
+    InboundPresence { to: &'a Jid, stanza: &'a Element },
+    /// A session sent its initial available presence (RFC 6121 §4.2).
+    InitialPresence { jid: &'a FullJid },
+    /// A bound session ended; `was_available` if it had sent available presence.
+    SessionClosed { jid: &'a FullJid, was_available: bool, directed_to: &'a [String] },
+    /// A message for a local account that no session can take now (RFC 6121 §8.5.2.1.1).
+    /// A module that stores it answers `Handled`.
+    MessageUndelivered { to: &'a BareJid, stanza: &'a Element },
+    /// Should this stanza pass? `inbound`: towards the local account `account`; otherwise sent by it.
+    /// Answer `Reject` to bounce it with an error or `Handled` to drop it silently.
+    Filter { account: &'a BareJid, peer: &'a Jid, stanza: &'a Element, inbound: bool },
+    /// A local account was deleted; drop whatever the module keeps about it.
+    AccountDeleted { jid: &'a BareJid },
+}
+
+#[derive(Debug)]
+pub enum Flow {
+    /// Not mine, or I observed it; let the next module and then the core carry on.
+    Continue,
+    /// Done; nobody else sees the event and the core does nothing further with it.
+    Handled,
+    /// Refuse with this error (for filters and outbound stanzas).
+    Reject(StanzaError),
+}
+
+#[async_trait]
+pub trait Module: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Features this module adds to the server's XEP-0030 disco#info.
+    fn server_features(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Features advertised on accounts' bare JIDs.
+    fn account_features(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Stream features (after authentication) this module adds, e.g. `<ver xmlns='urn:xmpp:features:rosterver'/>`.
+    fn stream_features(&self) -> Vec<Element> {
+        Vec::new()
+    }
+    /// IQ payloads (element name, namespace) this module answers.
+    fn iq_payloads(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
+    /// Answers an IQ it declared. `Ok(Some(payload))` → result with payload; `Ok(None)` → empty
+    /// result; `Err` → error reply.
+    async fn handle_iq(&self, _server: &Server, _iq: &IqRequest) -> IqResult {
+        Err(StanzaError::service_unavailable())
+    }
+    async fn on_event(&self, _server: &Server, _event: &Event<'_>) -> Flow {
+        Flow::Continue
+    }
+}

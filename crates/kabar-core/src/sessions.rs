@@ -1,0 +1,163 @@
+//! The session directory: which full JIDs are connected, their presence state, and a way to hand
+//! them stanzas. [`SessionDirectory`] is the seam a cluster implementation replaces; the local
+//! [`LocalSessions`] keeps everything in memory on this node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use jid::{BareJid, FullJid};
+use kabar_xml::Element;
+use tokio::sync::mpsc;
+
+/// What a session task receives.
+#[derive(Debug)]
+pub enum Outbound {
+    Stanza(Element),
+    /// End the stream with this stream error condition (e.g. "conflict" when replaced).
+    Close { condition: &'static str, text: Option<String> },
+}
+
+/// A session's routing-relevant state, as seen by routing and presence.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub jid: FullJid,
+    /// Sent initial presence and not yet unavailable (RFC 6121 §4.2).
+    pub available: bool,
+    pub priority: i8,
+    /// Last broadcast presence, for answering probes.
+    pub presence: Option<Element>,
+    /// Requested the roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    pub interested: bool,
+    /// Full or bare JIDs this session sent directed presence to (RFC 6121 §4.6), so they get
+    /// unavailable presence when it goes offline.
+    pub directed_to: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no such session")]
+    NoSession,
+    #[error("session queue full")]
+    QueueFull,
+}
+
+pub trait SessionDirectory: Send + Sync {
+    /// Registers a bound session. With `replace`, an existing session of the same full JID is
+    /// told to close with <conflict/> and replaced; without it, registration fails (false).
+    fn register(&self, jid: FullJid, tx: mpsc::Sender<Outbound>, replace: bool) -> bool;
+    /// Removes the session if `tx` is still the one registered (a replaced session must not remove
+    /// its successor). Returns its last state.
+    fn unregister(&self, jid: &FullJid, tx: &mpsc::Sender<Outbound>) -> Option<SessionInfo>;
+    fn sessions(&self, bare: &BareJid) -> Vec<SessionInfo>;
+    fn get(&self, jid: &FullJid) -> Option<SessionInfo>;
+    fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionInfo));
+    fn send(&self, jid: &FullJid, item: Outbound) -> Result<(), SendError>;
+    fn count(&self) -> usize;
+    /// Every session, for broadcasts and shutdown.
+    fn all(&self) -> Vec<FullJid>;
+}
+
+struct Entry {
+    info: SessionInfo,
+    tx: mpsc::Sender<Outbound>,
+}
+
+#[derive(Default)]
+pub struct LocalSessions {
+    by_bare: RwLock<HashMap<BareJid, Vec<Entry>>>,
+}
+
+impl LocalSessions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<Entry>>> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that matters
+        // more than losing every session, so recover the guard.
+        self.by_bare.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<Entry>>> {
+        self.by_bare.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl SessionDirectory for LocalSessions {
+    fn register(&self, jid: FullJid, tx: mpsc::Sender<Outbound>, replace: bool) -> bool {
+        let mut map = self.write();
+        let list = map.entry(jid.to_bare()).or_default();
+        if let Some(pos) = list.iter().position(|e| e.info.jid == jid) {
+            if !replace {
+                return false;
+            }
+            let old = list.remove(pos);
+            let _ = old.tx.try_send(Outbound::Close {
+                condition: "conflict",
+                text: Some("Replaced by a new connection with the same resource".into()),
+            });
+        }
+        list.push(Entry {
+            info: SessionInfo {
+                jid,
+                available: false,
+                priority: 0,
+                presence: None,
+                interested: false,
+                directed_to: Vec::new(),
+            },
+            tx,
+        });
+        true
+    }
+
+    fn unregister(&self, jid: &FullJid, tx: &mpsc::Sender<Outbound>) -> Option<SessionInfo> {
+        let mut map = self.write();
+        let bare = jid.to_bare();
+        let list = map.get_mut(&bare)?;
+        let pos = list.iter().position(|e| &e.info.jid == jid && e.tx.same_channel(tx))?;
+        let entry = list.remove(pos);
+        if list.is_empty() {
+            map.remove(&bare);
+        }
+        Some(entry.info)
+    }
+
+    fn sessions(&self, bare: &BareJid) -> Vec<SessionInfo> {
+        self.read().get(bare).map(|l| l.iter().map(|e| e.info.clone()).collect()).unwrap_or_default()
+    }
+
+    fn get(&self, jid: &FullJid) -> Option<SessionInfo> {
+        let map = self.read();
+        map.get(&jid.to_bare())?.iter().find(|e| &e.info.jid == jid).map(|e| e.info.clone())
+    }
+
+    fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionInfo)) {
+        let mut map = self.write();
+        if let Some(entry) = map.get_mut(&jid.to_bare()).and_then(|l| l.iter_mut().find(|e| &e.info.jid == jid)) {
+            f(&mut entry.info);
+        }
+    }
+
+    fn send(&self, jid: &FullJid, item: Outbound) -> Result<(), SendError> {
+        let tx = {
+            let map = self.read();
+            let entry = map.get(&jid.to_bare()).and_then(|l| l.iter().find(|e| &e.info.jid == jid));
+            entry.map(|e| e.tx.clone()).ok_or(SendError::NoSession)?
+        };
+        tx.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => SendError::NoSession,
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+
+    fn all(&self) -> Vec<FullJid> {
+        self.read().values().flat_map(|l| l.iter().map(|e| e.info.jid.clone())).collect()
+    }
+}
+
+pub type SharedDirectory = Arc<dyn SessionDirectory>;
