@@ -125,10 +125,6 @@ impl StanzaError {
     }
 }
 
-pub fn attr<'a>(el: &'a Element, name: &str) -> Option<&'a str> {
-    el.attr(name)
-}
-
 pub fn stanza_type(el: &Element) -> Option<&str> {
     el.attr("type")
 }
