@@ -25,3 +25,29 @@ pub const NS_COMPONENT: &str = "jabber:component:accept";
 
 mod build;
 pub use build::{elem, ElementExt};
+
+/// Fuzzing entry point shared by the `xml_framer` fuzz target and the corpus replay test.
+#[doc(hidden)]
+pub mod fuzz {
+    use crate::{Limits, StreamEvent, StreamFramer, StreamWriter};
+
+    /// Feeds `data` to a framer in chunks whose sizes come from the first byte, then writes every
+    /// stanza it produced back out (the writer must accept whatever the framer accepts).
+    pub fn exercise(data: &[u8]) {
+        let Some((&split, rest)) = data.split_first() else { return };
+        let chunk = usize::from(split % 64) + 1;
+        let mut framer = StreamFramer::new(Limits { max_stanza_bytes: 4096, max_depth: 16 });
+        let mut writer = StreamWriter::new();
+        let mut out = Vec::new();
+        for piece in rest.chunks(chunk) {
+            if framer.feed(piece, &mut out).is_err() {
+                break;
+            }
+        }
+        for ev in out {
+            if let StreamEvent::Element(el) = ev {
+                let _ = writer.element(&el);
+            }
+        }
+    }
+}

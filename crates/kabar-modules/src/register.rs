@@ -1,0 +1,292 @@
+//! XEP-0077: In-Band Registration.
+//!
+//! After authentication (the [`Module`], for the sender's own account only):
+//! * get (§3.1, "already registered"): `<query><registered/><username>…</username></query>`;
+//! * set with `<remove/>` as the only child (§3.2): deletes the account with
+//!   [`accounts::delete`], tells every module ([`Event::AccountDeleted`]), answers the request and
+//!   then closes every session of the account with a `<not-authorized/>` stream error;
+//! * set with `<username/>` (optional; must name the own account, else `<forbidden/>`) and
+//!   `<password/>` (§3.3): changes the password. An empty or too short password is refused with
+//!   `<not-acceptable/>` and the old one kept.
+//!
+//! Before authentication the c2s layer calls [`handle_pre_auth`] for `jabber:iq:register` IQs and
+//! [`pre_auth_feature`] for the stream feature (section "Stream Feature").
+//!
+//! # Anti-abuse policy for account creation
+//! * **Off by default**: `registration.enabled = false` makes every pre-authentication registration
+//!   request fail with `<service-unavailable/>` and hides the stream feature.
+//! * **Per-IP rate**: at most `registration.per_ip_per_hour` successful registrations per client
+//!   address per hour (token bucket [`Server::registrations_by_ip`], refilled smoothly). IPv6
+//!   clients are counted per /64, since one host usually owns a whole /64; IPv4-mapped IPv6
+//!   addresses count as their IPv4 address. Over the limit, requests fail with
+//!   `<policy-violation/>` of type `wait` (a local policy the client may retry later), checked
+//!   before the username is looked up so the limit also slows down probing for taken names.
+//! * **Reserved names**: `registration.reserved_usernames`, compared case-insensitively with the
+//!   normalised (RFC 7622 nodeprep'd) username, are refused with `<conflict/>`, exactly like a
+//!   taken name.
+//! * **Minimum password length**: `registration.min_password_length` characters, at registration
+//!   and at password change (`<not-acceptable/>`). Passwords are also capped at
+//!   [`MAX_PASSWORD_BYTES`].
+//! * Usernames must be valid localparts (no `@` or `/`, valid after normalisation); anything else
+//!   is `<not-acceptable/>`. A taken name is `<conflict/>` (§3.1). Error replies never echo the
+//!   submitted form (§3.3 advises against returning passwords).
+
+// `StanzaError` (kabar-core's IQ error type) is what every helper here returns; boxing it would
+// only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use jid::BareJid;
+use kabar_core::accounts::{self, AccountError};
+use kabar_core::module::IqResult;
+use kabar_core::sessions::Outbound;
+use kabar_core::stanza;
+use kabar_core::{ns, ErrorType, Event, IqRequest, Module, Server, StanzaError};
+use kabar_xml::{elem, Element, ElementExt};
+use tracing::{info, warn};
+
+pub const NS_REGISTER: &str = "jabber:iq:register";
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+pub struct RegisterModule;
+
+impl RegisterModule {
+    pub fn new() -> Self {
+        RegisterModule
+    }
+}
+
+impl Default for RegisterModule {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn child_text(query: &Element, name: &str) -> Option<String> {
+    query.get_child(name, NS_REGISTER).map(|c| c.text())
+}
+
+fn check_password(server: &Server, password: &str) -> Result<(), StanzaError> {
+    let min = server.config.registration.min_password_length;
+    if password.chars().count() < min.max(1) {
+        return Err(
+            StanzaError::not_acceptable().with_text(format!("The password must have at least {min} characters"))
+        );
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(StanzaError::not_acceptable()
+            .with_text(format!("The password must have at most {MAX_PASSWORD_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn account_error(e: AccountError) -> StanzaError {
+    match e {
+        AccountError::Exists => StanzaError::conflict(),
+        AccountError::NotFound => StanzaError::item_not_found(),
+        AccountError::BadPassword(msg) => StanzaError::not_acceptable().with_text(msg),
+        AccountError::InvalidJid(_) | AccountError::WrongDomain(..) => {
+            StanzaError::not_acceptable().with_text("The requested username is invalid")
+        }
+        AccountError::Store(e) => {
+            warn!(error = %e, "account store failure during registration");
+            StanzaError::internal_server_error()
+        }
+    }
+}
+
+/// The key the registration limiter counts under: the address, or its /64 for IPv6.
+pub fn limiter_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// The `<register xmlns='http://jabber.org/features/iq-register'/>` stream feature (section
+/// "Stream Feature"), offered before authentication only when registration is enabled.
+pub fn pre_auth_feature(server: &Server) -> Option<Element> {
+    server.config.registration.enabled.then(|| elem("register", ns::REGISTER_FEATURE))
+}
+
+/// Answers a `jabber:iq:register` IQ received before authentication (§3.1) and returns the reply
+/// to write to the stream. `client_ip` is the peer address of the connection, for the per-IP limit.
+/// See the module documentation for the policy.
+pub async fn handle_pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Element {
+    let mut reply = elem("iq", ns::CLIENT);
+    if let Some(id) = iq.attr("id") {
+        reply.set_attr_str("id", id);
+    }
+    match pre_auth(server, client_ip, iq).await {
+        Ok(payload) => {
+            reply.set_attr_str("type", "result");
+            if let Some(p) = payload {
+                reply.append_child(p);
+            }
+        }
+        Err(err) => {
+            reply.set_attr_str("type", "error");
+            reply.append_child(err.to_element());
+        }
+    }
+    reply
+}
+
+async fn pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Result<Option<Element>, StanzaError> {
+    let is_set = match (iq.name(), stanza::stanza_type(iq)) {
+        ("iq", Some("get")) => false,
+        ("iq", Some("set")) => true,
+        _ => return Err(StanzaError::bad_request()),
+    };
+    let mut children = iq.children();
+    let query = match (children.next(), children.next()) {
+        (Some(q), None) if q.name() == "query" && q.ns() == NS_REGISTER => q,
+        _ => return Err(StanzaError::service_unavailable()),
+    };
+    let reg = &server.config.registration;
+    if !reg.enabled {
+        return Err(StanzaError::service_unavailable());
+    }
+    if !is_set {
+        return Ok(Some(
+            elem("query", NS_REGISTER)
+                .with_child(
+                    elem("instructions", NS_REGISTER)
+                        .with_text("Choose a username and password to create an account on this server."),
+                )
+                .with_child(elem("username", NS_REGISTER))
+                .with_child(elem("password", NS_REGISTER)),
+        ));
+    }
+    if query.has_child("remove", NS_REGISTER) {
+        // Cancelling a registration needs an authenticated stream (§3.2).
+        return Err(StanzaError::new(ErrorType::Auth, "not-authorized"));
+    }
+    let (Some(username), Some(password)) = (child_text(query, "username"), child_text(query, "password")) else {
+        return Err(StanzaError::not_acceptable().with_text("Both a username and a password are required"));
+    };
+    if username.is_empty() || username.contains(['@', '/']) {
+        return Err(StanzaError::not_acceptable().with_text("The requested username is invalid"));
+    }
+    let jid = accounts::parse_account(&username, &server.domain).map_err(account_error)?;
+    let node = jid.node().map(|n| n.as_str().to_lowercase()).unwrap_or_default();
+    if reg.reserved_usernames.iter().any(|r| r.to_lowercase() == node) {
+        return Err(StanzaError::conflict().with_text("The requested username is not available"));
+    }
+    check_password(server, &password)?;
+    let key = limiter_key(client_ip);
+    let over_limit = || {
+        StanzaError::new(ErrorType::Wait, "policy-violation")
+            .with_text("Too many accounts were created from this address recently; try again later")
+    };
+    if !server.registrations_by_ip.would_allow(&key) {
+        return Err(over_limit());
+    }
+    if server.account_exists(&jid).await {
+        return Err(StanzaError::conflict());
+    }
+    if !server.registrations_by_ip.allow(&key) {
+        return Err(over_limit());
+    }
+    accounts::create(&server.store, &jid, &password).await.map_err(account_error)?;
+    info!(account = %jid, ip = %client_ip, "account registered in-band");
+    Ok(None)
+}
+
+fn own_account(server: &Server, iq: &IqRequest) -> Result<BareJid, StanzaError> {
+    match &iq.to_account {
+        Some(account) if iq.from_account_itself() => Ok(account.clone()),
+        Some(_) => Err(StanzaError::forbidden()),
+        None if iq.from.node().is_some() && server.is_local(&iq.from) => Ok(iq.from.to_bare()),
+        None => Err(StanzaError::new(ErrorType::Cancel, "unexpected-request")),
+    }
+}
+
+#[async_trait]
+impl Module for RegisterModule {
+    fn name(&self) -> &'static str {
+        "register"
+    }
+
+    fn server_features(&self) -> Vec<&'static str> {
+        vec![NS_REGISTER]
+    }
+
+    fn iq_payloads(&self) -> Vec<(&'static str, &'static str)> {
+        vec![("query", NS_REGISTER)]
+    }
+
+    async fn handle_iq(&self, server: &Server, iq: &IqRequest) -> IqResult {
+        let account = own_account(server, iq)?;
+        let Some(query) = iq.payload() else { return Err(StanzaError::bad_request()) };
+        let node = account.node().map(|n| n.as_str().to_string()).unwrap_or_default();
+        if !iq.is_set {
+            return Ok(Some(
+                elem("query", NS_REGISTER)
+                    .with_child(elem("registered", NS_REGISTER))
+                    .with_child(elem("username", NS_REGISTER).with_text(node)),
+            ));
+        }
+        if query.has_child("remove", NS_REGISTER) {
+            if query.children().count() != 1 {
+                return Err(StanzaError::bad_request());
+            }
+            accounts::delete(&server.store, &account).await.map_err(account_error)?;
+            info!(account = %account, "account deleted in-band");
+            server.notify(Event::AccountDeleted { jid: &account }).await;
+            // §3.2: answer, then end every session of the account with <not-authorized/>. The
+            // result is written to the requesting session here so it precedes the close; the
+            // core's own copy of the result queues behind the close and is never written.
+            let mut reply = stanza::iq_result(&iq.stanza, None);
+            if iq.stanza.attr("to").is_none() {
+                reply.remove_attr_str("from");
+            }
+            if let Ok(full) = iq.from.try_as_full() {
+                server.deliver(full, reply).await;
+            }
+            for session in server.sessions.sessions(&account) {
+                let _ = server.sessions.send(
+                    &session.jid,
+                    Outbound::Close { condition: "not-authorized", text: Some("The account was deleted".into()) },
+                );
+            }
+            return Ok(None);
+        }
+        let Some(password) = child_text(query, "password") else { return Err(StanzaError::bad_request()) };
+        if let Some(username) = child_text(query, "username") {
+            let named = accounts::parse_account(username.trim(), &server.domain).ok();
+            if named.as_ref() != Some(&account) {
+                return Err(StanzaError::forbidden().with_text("Only the own account's password can be changed"));
+            }
+        }
+        check_password(server, &password)?;
+        accounts::set_password(&server.store, &account, &password).await.map_err(account_error)?;
+        info!(account = %account, "password changed in-band");
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_groups_ipv6_by_64_and_unmaps_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limiter_key(a), limiter_key(b));
+        assert_ne!(limiter_key(a), limiter_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(limiter_key(mapped), "192.0.2.7");
+    }
+}

@@ -1,0 +1,326 @@
+//! The `kabar` binary: command line, configuration, wiring of store, modules and listeners.
+//! The only crate that names concrete backends.
+
+mod c2s;
+mod component;
+mod stream;
+mod tls;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use kabar_core::accounts::{self, AccountError};
+use kabar_core::sessions::LocalSessions;
+use kabar_core::{Config, Server};
+use kabar_storage::SharedStore;
+use kabar_storage_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(name = "kabar", version, about = "kabar: an XMPP server that stays up", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (TOML). Default: ./kabar.toml if it exists, else built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data folder (database, generated TLS certificate). Overrides `data_dir` from the config.
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (c2s on 5222 STARTTLS and 5223 direct TLS by default).
+    Serve(#[command(flatten)] Common),
+    /// Manage accounts; works whether the server is running or not.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account: `kabar user add alice@localhost` (or just `alice`).
+    Add {
+        jid: String,
+        /// The password; when left out it is prompted for, or read from standard input.
+        #[arg(long)]
+        password: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete an account and everything stored for it.
+    Remove {
+        jid: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Set a new password.
+    Passwd {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List all accounts.
+    List(#[command(flatten)] Common),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(common) => serve(common).await,
+        Command::User(cmd) => user(cmd).await,
+    }
+}
+
+fn load_config(common: &Common) -> Result<Config> {
+    let path = match &common.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from("kabar.toml")).filter(|p| p.exists()),
+    };
+    let mut config = match &path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            Config::from_toml(&text).with_context(|| format!("config file {} is not valid (see docs/CONFIG.md)", p.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(dir) = &common.data {
+        config.data_dir = dir.clone();
+    }
+    config.domain = config.domain.trim().to_ascii_lowercase();
+    Ok(config)
+}
+
+fn open_store(data_dir: &Path) -> Result<SharedStore> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data folder {} (choose another with --data)", data_dir.display()))?;
+    let db = data_dir.join("kabar.db");
+    let store = SqliteStore::open(&db).with_context(|| format!("cannot open database {}", db.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn bind_all(addrs: &[SocketAddr], what: &str) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let l = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for {what} on {addr}: is another server using it? Change it in the config file")
+        })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+async fn serve(common: Common) -> Result<()> {
+    let config = load_config(&common)?;
+    init_logging(&config);
+    let store = open_store(&config.data_dir)?;
+    let tls = Arc::new(tls::Tls::load(&config, &config.data_dir)?);
+    let config = Arc::new(config);
+    let mut builder = Server::builder(config.clone(), store, Arc::new(LocalSessions::new()));
+    for m in kabar_modules::default_modules(&config) {
+        builder = builder.module(m);
+    }
+    let server = builder.build().map_err(anyhow::Error::msg)?;
+
+    let starttls = bind_all(&config.c2s.listen, "client connections (STARTTLS)").await?;
+    let direct = bind_all(&config.c2s.direct_tls_listen, "client connections (direct TLS)").await?;
+    let components = if config.components.component.is_empty() {
+        Vec::new()
+    } else {
+        bind_all(&config.components.listen, "external components").await?
+    };
+    let c2s = Arc::new(c2s::C2s { server: server.clone(), tls: tls.clone() });
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in starttls {
+        tasks.spawn(accept_c2s(l, c2s.clone(), false));
+    }
+    for l in direct {
+        tasks.spawn(accept_c2s(l, c2s.clone(), true));
+    }
+    for l in components {
+        tasks.spawn(accept_components(l, server.clone()));
+    }
+    let list = |a: &[SocketAddr]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    info!(
+        "kabar listening for {}: c2s STARTTLS on {} | direct TLS on {}{} | data in {} | add users with `kabar user add NAME@{}`, then log in with any XMPP client{}",
+        config.domain,
+        list(&config.c2s.listen),
+        list(&config.c2s.direct_tls_listen),
+        if config.components.component.is_empty() { String::new() } else { format!(" | components on {}", list(&config.components.listen)) },
+        config.data_dir.display(),
+        config.domain,
+        tls.ca_path.as_ref().map(|p| format!(" (trust the private CA {})", p.display())).unwrap_or_default(),
+    );
+    shutdown_signal().await;
+    info!("shutting down");
+    tasks.abort_all();
+    server.shutdown();
+    // Give sessions a moment to write their closing stream errors and record presence.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while server.sessions.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn accept_c2s(listener: TcpListener, c2s: Arc<c2s::C2s>, direct_tls: bool) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tokio::spawn(c2s.clone().handle(tcp, peer, direct_tls));
+            }
+            Err(e) => {
+                // Usually fd exhaustion: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn accept_components(listener: TcpListener, server: Arc<Server>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tokio::spawn(component::handle(server.clone(), tcp, peer));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn read_password(given: Option<String>, jid: &str) -> Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprint!("Password for {jid}: ");
+        let _ = std::io::stderr().flush();
+        // Hide the typed password where a terminal is present.
+        let _ = std::process::Command::new("stty").arg("-echo").stdin(std::process::Stdio::inherit()).status();
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if interactive {
+        let _ = std::process::Command::new("stty").arg("echo").stdin(std::process::Stdio::inherit()).status();
+        eprintln!();
+    }
+    read.context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        bail!("empty password: give one with --password or on standard input");
+    }
+    Ok(password)
+}
+
+async fn user(cmd: UserCommand) -> Result<()> {
+    let common = match &cmd {
+        UserCommand::Add { common, .. } | UserCommand::Remove { common, .. } | UserCommand::Passwd { common, .. } => common.clone(),
+        UserCommand::List(common) => common.clone(),
+    };
+    let config = load_config(&common)?;
+    let store = open_store(&config.data_dir)?;
+    let parse = |jid: &str| accounts::parse_account(jid, &config.domain);
+    let explain = |e: AccountError| -> anyhow::Error {
+        match e {
+            AccountError::Exists => anyhow::anyhow!("the account already exists (use `kabar user passwd` to change its password)"),
+            AccountError::NotFound => anyhow::anyhow!("no such account (see `kabar user list`)"),
+            other => other.into(),
+        }
+    };
+    match cmd {
+        UserCommand::Add { jid, password, .. } => {
+            let jid = parse(&jid)?;
+            let password = read_password(password, jid.as_str())?;
+            accounts::create(&store, &jid, &password).await.map_err(explain)?;
+            println!("created {jid}");
+        }
+        UserCommand::Remove { jid, .. } => {
+            let jid = parse(&jid)?;
+            accounts::delete(&store, &jid).await.map_err(explain)?;
+            println!("removed {jid}");
+        }
+        UserCommand::Passwd { jid, password, .. } => {
+            let jid = parse(&jid)?;
+            let password = read_password(password, jid.as_str())?;
+            accounts::set_password(&store, &jid, &password).await.map_err(explain)?;
+            println!("password changed for {jid}");
+        }
+        UserCommand::List(_) => {
+            for user in store.list_accounts().await? {
+                println!("{user}");
+            }
+        }
+    }
+    Ok(())
+}
