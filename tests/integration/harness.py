@@ -41,6 +41,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from slixmpp.util.sasl.mechanisms import SCRAM
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 REPO = Path(__file__).resolve().parents[2]
 KABAR_BIN = Path(os.environ.get("KABAR_BIN", REPO / "target" / "release" / "kabar"))
@@ -846,6 +848,8 @@ class Component(_Entity):
         self.xmpp = run(create())
         self.xmpp.whitespace_keepalive = False
         self.jid = domain
+        # Every iq is the test's to answer: without this slixmpp replies <feature-not-implemented/> itself.
+        self.xmpp.register_handler(Callback("tests answer iqs", MatchXPath(f"{{{NS['component']}}}iq"), lambda _: None))
         self._setup_capture()
         x = self.xmpp
 

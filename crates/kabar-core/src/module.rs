@@ -55,8 +55,9 @@ pub enum Event<'a> {
     /// Should this stanza pass? `inbound`: towards the local account `account`; otherwise sent by it.
     /// Answer `Reject` to bounce it with an error or `Handled` to drop it silently.
     Filter { account: &'a BareJid, peer: &'a Jid, stanza: &'a Element, inbound: bool },
-    /// A local account was deleted; drop whatever the module keeps about it.
-    AccountDeleted { jid: &'a BareJid },
+    /// A local account was deleted; drop whatever the module keeps about it. `roster` is the
+    /// roster it had, so contacts can be told (its stored data is already gone).
+    AccountDeleted { jid: &'a BareJid, roster: &'a [kabar_storage::RosterItem] },
 }
 
 #[derive(Debug)]

@@ -161,11 +161,13 @@ pub fn error_reply(stanza: &Element, err: &StanzaError) -> Option<Element> {
     if let Some(to) = stanza.attr("to") {
         reply.set_attr_str("from", to);
     }
-    // Echo the payload for messages and presence so the sender can tell what failed; IQ payloads
-    // are echoed too (RFC 6120 §8.3.1 allows it) except for large results.
-    for child in stanza.children() {
-        if child.ns() != ns::STANZAS && !(child.name() == "error") {
-            reply.append_child(child.clone());
+    // Echo the payload of messages and presence so the sender can tell what failed. IQ payloads
+    // are not echoed: they may carry secrets (XEP-0077 passwords) or be large (vCards).
+    if stanza.name() != "iq" {
+        for child in stanza.children() {
+            if child.name() != "error" {
+                reply.append_child(child.clone());
+            }
         }
     }
     reply.append_child(err.to_element());

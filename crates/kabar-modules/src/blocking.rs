@@ -452,7 +452,7 @@ impl Module for BlockingModule {
                 self.lock_interested().remove(*jid);
                 Flow::Continue
             }
-            Event::AccountDeleted { jid } => {
+            Event::AccountDeleted { jid, .. } => {
                 self.invalidate(jid);
                 self.lock_interested().retain(|full| &full.to_bare() != *jid);
                 Flow::Continue

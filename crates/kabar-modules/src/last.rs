@@ -178,7 +178,7 @@ impl Module for LastModule {
                 }
                 Flow::Continue
             }
-            Event::AccountDeleted { jid } => {
+            Event::AccountDeleted { jid, .. } => {
                 self.lock().retain(|full, _| &full.to_bare() != *jid);
                 Flow::Continue
             }

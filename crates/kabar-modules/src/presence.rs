@@ -65,8 +65,8 @@ impl Module for PresenceModule {
                 session_closed(server, jid, *was_available, directed_to).await;
                 Flow::Continue
             }
-            Event::AccountDeleted { jid } => {
-                account_deleted(server, jid).await;
+            Event::AccountDeleted { jid, roster } => {
+                account_deleted(server, jid, roster).await;
                 Flow::Continue
             }
             _ => Flow::Continue,
@@ -626,8 +626,8 @@ async fn session_closed(server: &Server, jid: &FullJid, was_available: bool, dir
 
 /// An account that goes away cancels its subscriptions both ways, so contacts' rosters do not keep
 /// a dead subscription (whatever of the roster is still readable when the event arrives).
-async fn account_deleted(server: &Server, user: &BareJid) {
-    for item in roster_of(server, user).await {
+async fn account_deleted(server: &Server, user: &BareJid, roster: &[kabar_storage::RosterItem]) {
+    for item in roster {
         let Ok(contact) = BareJid::new(&item.jid) else { continue };
         if item.subscription.has_to() || item.ask {
             server.route(rm::subscription_stanza("unsubscribe", user, &contact)).await;

@@ -240,9 +240,11 @@ impl Module for RegisterModule {
             if query.children().count() != 1 {
                 return Err(StanzaError::bad_request());
             }
+            // Read the roster first: contacts are told after the data is gone.
+            let roster = server.store.roster(account.as_str()).await.map(|(items, _)| items).unwrap_or_default();
             accounts::delete(&server.store, &account).await.map_err(account_error)?;
             info!(account = %account, "account deleted in-band");
-            server.notify(Event::AccountDeleted { jid: &account }).await;
+            server.notify(Event::AccountDeleted { jid: &account, roster: &roster }).await;
             // §3.2: answer, then end every session of the account with <not-authorized/>. The
             // result is written to the requesting session here so it precedes the close; the
             // core's own copy of the result queues behind the close and is never written.

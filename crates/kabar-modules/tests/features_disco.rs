@@ -200,7 +200,7 @@ async fn xep0199_ping_to_a_bare_jid_is_answered_by_the_server() {
 }
 
 #[tokio::test]
-async fn xep0092_2_server_reports_name_and_version_but_no_os() {
+async fn xep0092_server_reports_name_and_version_but_no_os() {
     let server = server();
     create_account(&server, "alice").await;
     let mut alice = Client::connect(&server, "alice@localhost/a");

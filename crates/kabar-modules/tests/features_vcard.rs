@@ -113,7 +113,7 @@ async fn xep0054_server_has_no_vcard() {
 }
 
 #[tokio::test]
-async fn xep0054_1_vcard_temp_is_advertised() {
+async fn xep0054_vcard_temp_is_advertised() {
     let server = server();
     assert!(server.server_features().contains(&"vcard-temp"));
 }

@@ -300,6 +300,7 @@ impl C2s {
             }
         } else {
             features.append_child(elem("bind", ns::BIND));
+            features.append_child(kabar_modules::disco::caps_feature(&self.server));
             for f in self.server.stream_features() {
                 features.append_child(f);
             }

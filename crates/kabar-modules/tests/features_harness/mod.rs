@@ -54,7 +54,7 @@ impl Module for ProbeModule {
             Event::InboundPresence { to, stanza } => {
                 self.0.presences.lock().unwrap().push((to.to_string(), (*stanza).clone()));
             }
-            Event::AccountDeleted { jid } => self.0.deleted.lock().unwrap().push(jid.to_string()),
+            Event::AccountDeleted { jid, .. } => self.0.deleted.lock().unwrap().push(jid.to_string()),
             _ => {}
         }
         Flow::Continue
