@@ -758,7 +758,7 @@ class Client(_Entity):
 
     @property
     def mechanism(self) -> str | None:
-        mech = self.xmpp["feature_mechanisms"].mech
+        mech = self.xmpp.plugin["feature_mechanisms"].mech
         return mech.name if mech else None
 
     def sync(self, timeout: float = WAIT) -> None:
@@ -1079,6 +1079,21 @@ class RawStream:
             except TimeoutError:
                 return False
         return True
+
+    def read_until_eof(self, timeout: float = WAIT) -> bytes | None:
+        """Read raw bytes (no XML parsing) until the server closes; None if it is still open at timeout."""
+        deadline = time.monotonic() + timeout
+        got = b""
+        try:
+            while True:
+                data = self._read_some(deadline)
+                if not data:
+                    self.eof = True
+                    transcript(self.name, "<-", f"{got[:200]!r} then EOF")
+                    return got
+                got += data
+        except TimeoutError:
+            return None
 
     def close(self) -> None:
         self.kill()

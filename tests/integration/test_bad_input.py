@@ -123,7 +123,9 @@ def test_plaintext_on_the_direct_tls_port_is_dropped(kabar, witness):
     """XEP-0368: the direct TLS port expects a TLS handshake; XML in the clear gets the connection closed."""
     raw = kabar.raw(port=kabar.tls_port)
     raw.send(stream_header())
-    assert raw.wait_closed(), "server kept a non-TLS connection open on the direct TLS port"
+    reply = raw.read_until_eof()
+    assert reply is not None, "server kept a non-TLS connection open on the direct TLS port"
+    assert not reply.startswith(b"<"), f"the direct TLS port answered in clear XML: {reply[:200]!r}"
     witness.assert_works()
 
 

@@ -55,6 +55,8 @@ pub enum Event<'a> {
     /// Should this stanza pass? `inbound`: towards the local account `account`; otherwise sent by it.
     /// Answer `Reject` to bounce it with an error or `Handled` to drop it silently.
     Filter { account: &'a BareJid, peer: &'a Jid, stanza: &'a Element, inbound: bool },
+    /// A message for `account` was handed to these sessions (empty: it went to offline storage).
+    MessageDelivered { account: &'a BareJid, to: &'a [FullJid], stanza: &'a Element },
     /// A local account was deleted; drop whatever the module keeps about it. `roster` is the
     /// roster it had, so contacts can be told (its stored data is already gone).
     AccountDeleted { jid: &'a BareJid, roster: &'a [kabar_storage::RosterItem] },
@@ -97,4 +99,10 @@ pub trait Module: Send + Sync + 'static {
     async fn on_event(&self, _server: &Server, _event: &Event<'_>) -> Flow {
         Flow::Continue
     }
+    /// A message a local session sent, after filtering and before routing. Modules may archive it
+    /// or add to it (e.g. a stanza-id); every module sees it, in registration order.
+    async fn outbound_message(&self, _server: &Server, _from: &FullJid, _stanza: &mut Element) {}
+    /// A message for an existing local account, before it is delivered or stored offline. Modules
+    /// may archive it or add to it; every module sees it, in registration order.
+    async fn inbound_message(&self, _server: &Server, _to: &BareJid, _stanza: &mut Element) {}
 }

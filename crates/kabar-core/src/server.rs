@@ -184,6 +184,9 @@ impl Server {
                 if to.is_none() {
                     stanza.set_attr_str("to", account.as_str());
                 }
+                for m in &self.modules {
+                    m.outbound_message(self, session, &mut stanza).await;
+                }
                 self.route(stanza).await;
             }
         }
@@ -263,11 +266,15 @@ impl Server {
     }
 
     /// RFC 6121 §8.5.2 (bare JID) and §8.5.3 (full JID) for messages.
-    async fn route_message(&self, to: &Jid, account: &BareJid, stanza: Element) {
+    async fn route_message(&self, to: &Jid, account: &BareJid, mut stanza: Element) {
         let msg_type = stanza::stanza_type(&stanza).unwrap_or("normal").to_string();
         if let Ok(full) = to.try_as_full() {
             if self.sessions.get(full).is_some() {
-                return self.deliver(full, stanza).await;
+                self.inbound_message_hooks(account, &mut stanza).await;
+                self.deliver(full, stanza.clone()).await;
+                let to = [full.clone()];
+                self.notify(Event::MessageDelivered { account, to: &to, stanza: &stanza }).await;
+                return;
             }
             // §8.5.3.2.1: no such resource.
             match msg_type.as_str() {
@@ -285,6 +292,7 @@ impl Server {
         if msg_type == "groupchat" {
             return self.bounce(&stanza, StanzaError::service_unavailable()).await;
         }
+        self.inbound_message_hooks(account, &mut stanza).await;
         let targets: Vec<FullJid> = self
             .sessions
             .sessions(account)
@@ -297,7 +305,7 @@ impl Server {
                 return;
             }
             match self.fire(Event::MessageUndelivered { to: account, stanza: &stanza }).await {
-                Flow::Handled => {}
+                Flow::Handled => self.notify(Event::MessageDelivered { account, to: &[], stanza: &stanza }).await,
                 Flow::Reject(err) => self.bounce(&stanza, err).await,
                 Flow::Continue => self.bounce(&stanza, StanzaError::service_unavailable()).await,
             }
@@ -305,6 +313,13 @@ impl Server {
         }
         for target in &targets {
             self.deliver(target, stanza.clone()).await;
+        }
+        self.notify(Event::MessageDelivered { account, to: &targets, stanza: &stanza }).await;
+    }
+
+    async fn inbound_message_hooks(&self, account: &BareJid, stanza: &mut Element) {
+        for m in &self.modules {
+            m.inbound_message(self, account, stanza).await;
         }
     }
 

@@ -52,6 +52,7 @@ enum Command {
 enum UserCommand {
     /// Create an account: `kabar user add alice@localhost` (or just `alice`).
     Add {
+        /// The account: NAME or NAME@DOMAIN (DOMAIN must be the configured domain).
         jid: String,
         /// The password; when left out it is prompted for, or read from standard input.
         #[arg(long)]
@@ -61,13 +62,16 @@ enum UserCommand {
     },
     /// Delete an account and everything stored for it.
     Remove {
+        /// The account: NAME or NAME@DOMAIN.
         jid: String,
         #[command(flatten)]
         common: Common,
     },
     /// Set a new password.
     Passwd {
+        /// The account: NAME or NAME@DOMAIN.
         jid: String,
+        /// The new password; when left out it is prompted for, or read from standard input.
         #[arg(long)]
         password: Option<String>,
         #[command(flatten)]
