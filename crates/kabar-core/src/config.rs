@@ -19,6 +19,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub components: ComponentsConfig,
     pub ping: PingConfig,
+    pub stream_management: StreamManagementConfig,
     pub log: LogConfig,
 }
 
@@ -33,6 +34,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             components: ComponentsConfig::default(),
             ping: PingConfig::default(),
+            stream_management: StreamManagementConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -185,6 +187,20 @@ pub struct PingConfig {
 impl Default for PingConfig {
     fn default() -> Self {
         PingConfig { idle_secs: 240, timeout_secs: 60 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamManagementConfig {
+    /// Seconds a session whose connection broke is kept for XEP-0198 resumption (0: no
+    /// resumption). Messages it could not deliver are rerouted (offline storage) when it expires.
+    pub resume_timeout_secs: u64,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        StreamManagementConfig { resume_timeout_secs: 300 }
     }
 }
 

@@ -10,10 +10,9 @@ use base64::Engine as _;
 use jid::{BareJid, FullJid};
 use kabar_core::config::ResourceConflict;
 use kabar_core::ns;
-use kabar_core::ratelimit::TokenBucket;
 use kabar_core::sessions::Outbound;
 use kabar_core::stanza::{self, Kind, StanzaError};
-use kabar_core::{Event, Server};
+use kabar_core::Server;
 use kabar_sasl::{parse_plain, verify_plain, ChannelBindings, Mechanism, SaslError, ScramHash, ScramServer};
 use kabar_xml::{elem, Element, ElementExt, HeaderAttrs, Limits, StreamEvent, StreamFramer, StreamHeader, StreamWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,17 +21,17 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::session::{ResumeRequest, ResumeRegistry, Session, NS_CSI, NS_SM};
 use crate::stream::{random_id, Io, ReadError, Reader, Writer};
 use crate::tls::Tls;
 
 /// Failed SASL attempts one connection may make before it is closed.
 const MAX_AUTH_ATTEMPTS: u32 = 5;
-/// Stanzas written to the socket in one batch.
-const WRITE_BATCH: usize = 64;
 
 pub struct C2s {
     pub server: Arc<Server>,
     pub tls: Arc<Tls>,
+    pub resumable: Arc<ResumeRegistry>,
 }
 
 /// Negotiation state of one connection before the session starts.
@@ -53,6 +52,8 @@ enum Round {
     Restart,
     StartTls,
     Bound(Bound),
+    /// XEP-0198 §5: take over session `previd`, the client having received `h` stanzas.
+    Resume { previd: String, h: u32 },
     End,
 }
 
@@ -85,6 +86,11 @@ impl C2s {
             peer,
             deadline,
         };
+        // Clients that try direct TLS on the STARTTLS port (several do, before falling back) get
+        // TLS: a TLS record starts with 0x16, an XML stream never does.
+        let mut first = [0u8; 1];
+        let direct_tls = direct_tls
+            || matches!(timeout_at(deadline, tcp.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16);
         let mut io = if direct_tls {
             match timeout_at(deadline, self.tls.acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
@@ -117,12 +123,38 @@ impl C2s {
                     }
                 }
                 Round::Bound(b) => break b,
+                Round::Resume { previd, h } => {
+                    let target = conn.authed.as_ref().and_then(|account| self.resumable.find(&previd, account));
+                    if let Some(target) = target {
+                        let req = ResumeRequest { h, io, reader: conn.reader, writer: conn.writer };
+                        match target.send(req).await {
+                            // The session's own task carries on with this connection.
+                            Ok(()) => return,
+                            Err(mpsc::error::SendError(back)) => {
+                                io = back.io;
+                                conn.reader = back.reader;
+                                conn.writer = back.writer;
+                            }
+                        }
+                    }
+                    let failed = elem("failed", NS_SM).with_child(elem("item-not-found", ns::STANZAS));
+                    if conn.writer.send(&mut io, &failed).await.is_err() {
+                        return;
+                    }
+                    // The client may bind a new session on the same stream.
+                    match self.round_elements(&mut conn, &mut io).await {
+                        Round::Bound(b) => break b,
+                        _ => return,
+                    }
+                }
                 Round::End => return,
             }
         };
         tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
         info!(secure = conn.secure, "session started");
-        self.session(conn, io, bound).await;
+        let Conn { reader, writer, .. } = conn;
+        let Bound { jid, tx, rx } = bound;
+        Session::new(self.server.clone(), self.resumable.clone(), jid, tx, rx).run(io, reader, writer).await;
     }
 
     async fn fail_stream<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, condition: &str, text: Option<&str>) -> Round {
@@ -179,6 +211,11 @@ impl C2s {
         if conn.writer.send(io, &features).await.is_err() {
             return Round::End;
         }
+        self.round_elements(conn, io).await
+    }
+
+    /// The elements of one stream after its features were sent.
+    async fn round_elements<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S) -> Round {
         loop {
             let el = match self.next_element(conn, io).await {
                 Ok(el) => el,
@@ -203,6 +240,21 @@ impl C2s {
                     Ok(None) => continue,
                     Err(round) => return round,
                 }
+            }
+            if el.ns() == NS_SM && conn.authed.is_some() {
+                if el.name() == "resume" {
+                    let previd = el.attr("previd").unwrap_or_default().to_string();
+                    let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                    if let Some(h) = h {
+                        return Round::Resume { previd, h };
+                    }
+                }
+                // XEP-0198 §3: <enable/> before binding (or a malformed <resume/>) is refused.
+                let failed = elem("failed", NS_SM).with_child(elem("unexpected-request", ns::STANZAS));
+                if conn.writer.send(io, &failed).await.is_err() {
+                    return Round::End;
+                }
+                continue;
             }
             if Kind::of(&el) == Some(Kind::Iq) {
                 if let Some(account) = conn.authed.clone() {
@@ -301,6 +353,8 @@ impl C2s {
         } else {
             features.append_child(elem("bind", ns::BIND));
             features.append_child(kabar_modules::disco::caps_feature(&self.server));
+            features.append_child(elem("sm", NS_SM));
+            features.append_child(elem("csi", NS_CSI));
             for f in self.server.stream_features() {
                 features.append_child(f);
             }
@@ -550,137 +604,6 @@ impl C2s {
             return Err(Round::End);
         }
         Ok(Some(Bound { jid: full, tx, rx }))
-    }
-
-    async fn session(&self, conn: Conn, io: Io, bound: Bound) {
-        let Conn { mut reader, mut writer, .. } = conn;
-        let Bound { jid, tx, mut rx } = bound;
-        let (mut rd, mut wr) = tokio::io::split(io);
-        let config = &self.server.config;
-        let mut bucket = TokenBucket::new(config.limits.stanza_burst, config.limits.stanzas_per_second as f64);
-        let idle = Duration::from_secs(config.ping.idle_secs.max(1));
-        let ping_timeout = Duration::from_secs(config.ping.timeout_secs.max(1));
-        let mut last_activity = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
-        loop {
-            let wake = match ping_sent {
-                Some(t) => t + ping_timeout,
-                None => last_activity + idle,
-            };
-            tokio::select! {
-                ev = reader.next(&mut rd) => {
-                    last_activity = Instant::now();
-                    ping_sent = None;
-                    match ev {
-                        Ok(StreamEvent::Element(el)) => {
-                            if Kind::of(&el).is_none() {
-                                let condition = if el.ns().is_empty() { "invalid-namespace" } else { "unsupported-stanza-type" };
-                                let _ = writer.stream_error(&mut wr, &self.header_for(&jid), condition, None).await;
-                                break;
-                            }
-                            if let Err(wait) = bucket.take() {
-                                // Shape instead of punishing: stop reading for a moment.
-                                tokio::time::sleep(wait).await;
-                            }
-                            self.server.from_client(&jid, el).await;
-                        }
-                        Ok(StreamEvent::Close) => {
-                            let _ = writer.close(&mut wr).await;
-                            break;
-                        }
-                        Ok(StreamEvent::Open(_)) => {
-                            let _ = writer.stream_error(&mut wr, &self.header_for(&jid), "not-well-formed", None).await;
-                            break;
-                        }
-                        Err(ReadError::Framing(e)) => {
-                            warn!(error = %e, "bad XML from client");
-                            let _ = writer.stream_error(&mut wr, &self.header_for(&jid), e.condition(), Some(&e.to_string())).await;
-                            break;
-                        }
-                        Err(e) => {
-                            debug!(error = %e, "connection ended");
-                            break;
-                        }
-                    }
-                }
-                item = rx.recv() => {
-                    match item {
-                        Some(Outbound::Stanza(el)) => {
-                            let mut ok = writer.queue(&el).is_ok();
-                            let mut close = None;
-                            for _ in 0..WRITE_BATCH {
-                                match rx.try_recv() {
-                                    Ok(Outbound::Stanza(more)) => ok &= writer.queue(&more).is_ok(),
-                                    Ok(Outbound::Close { condition, text }) => { close = Some((condition, text)); break; }
-                                    Err(_) => break,
-                                }
-                            }
-                            if !ok {
-                                warn!("could not serialise an outgoing stanza");
-                            }
-                            if writer.flush(&mut wr).await.is_err() {
-                                break;
-                            }
-                            if let Some((condition, text)) = close {
-                                let _ = writer.stream_error(&mut wr, &self.header_for(&jid), condition, text.as_deref()).await;
-                                break;
-                            }
-                        }
-                        Some(Outbound::Close { condition, text }) => {
-                            let _ = writer.stream_error(&mut wr, &self.header_for(&jid), condition, text.as_deref()).await;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    if reader.take_activity() {
-                        last_activity = Instant::now();
-                        ping_sent = None;
-                        continue;
-                    }
-                    if ping_sent.is_some() {
-                        let _ = writer.stream_error(&mut wr, &self.header_for(&jid), "connection-timeout", Some("no answer to ping")).await;
-                        break;
-                    }
-                    let ping = elem("iq", ns::CLIENT)
-                        .with_attr("type", "get")
-                        .with_attr("id", format!("ping-{}", random_id(8)))
-                        .with_attr("from", self.server.domain.as_str())
-                        .with_attr("to", jid.as_str())
-                        .with_child(elem("ping", "urn:xmpp:ping"));
-                    if writer.send(&mut wr, &ping).await.is_err() {
-                        break;
-                    }
-                    ping_sent = Some(Instant::now());
-                }
-            }
-        }
-        self.end_session(&jid, &tx, rx).await;
-    }
-
-    fn header_for<'a>(&'a self, _jid: &FullJid) -> HeaderAttrs<'a> {
-        HeaderAttrs { content_ns: ns::CLIENT, from: Some(self.server.domain.as_str()), to: None, id: "", version: Some("1.0"), lang: None }
-    }
-
-    async fn end_session(&self, jid: &FullJid, tx: &mpsc::Sender<Outbound>, mut rx: mpsc::Receiver<Outbound>) {
-        let info = self.server.sessions.unregister(jid, tx);
-        rx.close();
-        // Messages that were queued for this session but never written go back through routing:
-        // another resource takes them, or they wait in offline storage.
-        while let Ok(item) = rx.try_recv() {
-            if let Outbound::Stanza(el) = item {
-                if Kind::of(&el) == Some(Kind::Message) {
-                    self.server.route(el).await;
-                }
-            }
-        }
-        if let Some(info) = info {
-            self.server
-                .notify(Event::SessionClosed { jid, was_available: info.available, directed_to: &info.directed_to })
-                .await;
-        }
-        info!("session ended");
     }
 }
 

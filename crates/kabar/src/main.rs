@@ -3,6 +3,7 @@
 
 mod c2s;
 mod component;
+mod session;
 mod stream;
 mod tls;
 
@@ -177,7 +178,7 @@ async fn serve(common: Common) -> Result<()> {
     } else {
         bind_all(&config.components.listen, "external components").await?
     };
-    let c2s = Arc::new(c2s::C2s { server: server.clone(), tls: tls.clone() });
+    let c2s = Arc::new(c2s::C2s { server: server.clone(), tls: tls.clone(), resumable: Default::default() });
     let mut tasks = tokio::task::JoinSet::new();
     for l in starttls {
         tasks.spawn(accept_c2s(l, c2s.clone(), false));
