@@ -47,6 +47,9 @@ pub enum Event<'a> {
     InboundPresence { to: &'a Jid, stanza: &'a Element },
     /// A session sent its initial available presence (RFC 6121 §4.2).
     InitialPresence { jid: &'a FullJid },
+    /// A session was bound. Per-session state keyed by full JID starts fresh here (a new session
+    /// may replace an older one with the same full JID without that one's `SessionClosed`).
+    SessionStarted { jid: &'a FullJid },
     /// A bound session ended; `was_available` if it had sent available presence.
     SessionClosed { jid: &'a FullJid, was_available: bool, directed_to: &'a [String] },
     /// A message for a local account that no session can take now (RFC 6121 §8.5.2.1.1).

@@ -448,7 +448,7 @@ impl Module for BlockingModule {
             Event::Filter { account, peer, stanza, inbound } => {
                 self.filter(server, account, peer, stanza, *inbound).await
             }
-            Event::SessionClosed { jid, .. } => {
+            Event::SessionStarted { jid } | Event::SessionClosed { jid, .. } => {
                 self.lock_interested().remove(*jid);
                 Flow::Continue
             }

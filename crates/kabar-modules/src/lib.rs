@@ -4,6 +4,7 @@
 //! storage traits, each using its own key-value store names.
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod offline;
@@ -32,6 +33,7 @@ pub fn default_modules(config: &Config) -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::BlockingModule::new()),
         Arc::new(last::LastModule::new()),
         Arc::new(register::RegisterModule::new()),
+        Arc::new(carbons::CarbonsModule::new()),
         // Last: modules above may observe presence; presence answers Handled for all of it.
         Arc::new(roster::RosterModule::new()),
         Arc::new(presence::PresenceModule::new()),

@@ -152,6 +152,7 @@ impl C2s {
         };
         tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
         info!(secure = conn.secure, "session started");
+        self.server.notify(kabar_core::Event::SessionStarted { jid: &bound.jid }).await;
         let Conn { reader, writer, .. } = conn;
         let Bound { jid, tx, rx } = bound;
         Session::new(self.server.clone(), self.resumable.clone(), jid, tx, rx).run(io, reader, writer).await;
