@@ -31,6 +31,11 @@ pub struct SessionInfo {
     /// Full or bare JIDs this session sent directed presence to (RFC 6121 §4.6), so they get
     /// unavailable presence when it goes offline.
     pub directed_to: Vec<String>,
+    /// The connection broke and the session waits for XEP-0198 resumption: stanzas queue, nobody
+    /// reads them now.
+    pub detached: bool,
+    /// The client said it is inactive (XEP-0352).
+    pub inactive: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,8 @@ impl SessionDirectory for LocalSessions {
                 presence: None,
                 interested: false,
                 directed_to: Vec::new(),
+                detached: false,
+                inactive: false,
             },
             tx,
         });

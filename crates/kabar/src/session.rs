@@ -335,9 +335,13 @@ impl Session {
         }
         if el.ns() == NS_CSI {
             match el.name() {
-                "inactive" => self.inactive = true,
+                "inactive" => {
+                    self.inactive = true;
+                    self.server.sessions.update(&self.jid, &mut |s| s.inactive = true);
+                }
                 "active" => {
                     self.inactive = false;
+                    self.server.sessions.update(&self.jid, &mut |s| s.inactive = false);
                     for p in std::mem::take(&mut self.held_presence) {
                         self.write_counted(l, p);
                     }
@@ -414,6 +418,7 @@ impl Session {
         let deadline = Instant::now() + window;
         let cap = self.server.config.limits.session_queue.max(16);
         info!(window_secs = window.as_secs(), "connection lost; session kept for resumption");
+        self.server.sessions.update(&self.jid, &mut |s| s.detached = true);
         loop {
             tokio::select! {
                 req = recv_resume(&mut self.resume_rx) => {
@@ -463,6 +468,7 @@ impl Session {
         for el in resend {
             self.write_counted(&mut l, el);
         }
+        self.server.sessions.update(&self.jid, &mut |s| s.detached = false);
         info!("session resumed");
         Some(l)
     }
