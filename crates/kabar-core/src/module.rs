@@ -102,6 +102,15 @@ pub trait Module: Send + Sync + 'static {
     async fn on_event(&self, _server: &Server, _event: &Event<'_>) -> Flow {
         Flow::Continue
     }
+    /// Features this module can enable inline in a XEP-0386 Bind2 request (namespaces).
+    fn bind2_features(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Handles one Bind2 inline request (e.g. `<enable xmlns='urn:xmpp:carbons:2'/>`) for the session
+    /// being bound; returns an element for `<bound/>` if the feature has a result to report.
+    async fn bind2_enable(&self, _server: &Server, _jid: &FullJid, _request: &Element) -> Option<Element> {
+        None
+    }
     /// A message a local session sent, after filtering and before routing. Modules may archive it
     /// or add to it (e.g. a stanza-id); every module sees it, in registration order.
     async fn outbound_message(&self, _server: &Server, _from: &FullJid, _stanza: &mut Element) {}

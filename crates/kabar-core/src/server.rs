@@ -109,6 +109,21 @@ impl Server {
         f
     }
 
+    pub fn bind2_features(&self) -> Vec<&'static str> {
+        self.modules.iter().flat_map(|m| m.bind2_features()).collect()
+    }
+
+    /// Offers a Bind2 inline request to the module that declared its namespace.
+    pub async fn bind2_enable(&self, jid: &FullJid, request: &Element) -> Option<Element> {
+        let ns = request.ns();
+        for m in &self.modules {
+            if m.bind2_features().iter().any(|f| *f == ns) {
+                return m.bind2_enable(self, jid, request).await;
+            }
+        }
+        None
+    }
+
     pub fn stream_features(&self) -> Vec<Element> {
         self.modules.iter().flat_map(|m| m.stream_features()).collect()
     }

@@ -30,6 +30,9 @@ pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
+mod ht;
+
+pub use ht::{ht_server_final, new_token, parse_ht, verify_ht, HtMechanism};
 pub use plain::{parse_plain, verify_plain, PlainMessage};
 pub use scram::{ClientFirst, ScramServer};
 

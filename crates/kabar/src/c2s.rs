@@ -5,15 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use jid::{BareJid, FullJid};
-use kabar_core::config::ResourceConflict;
 use kabar_core::ns;
 use kabar_core::sessions::Outbound;
 use kabar_core::stanza::{self, Kind, StanzaError};
 use kabar_core::Server;
-use kabar_sasl::{parse_plain, verify_plain, ChannelBindings, Mechanism, SaslError, ScramHash, ScramServer};
+use kabar_sasl::ChannelBindings;
 use kabar_xml::{elem, Element, ElementExt, HeaderAttrs, Limits, StreamEvent, StreamFramer, StreamHeader, StreamWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -21,12 +18,11 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::{Sasl2Outcome, NS_SASL2};
 use crate::session::{ResumeRequest, ResumeRegistry, Session, NS_CSI, NS_SM};
 use crate::stream::{random_id, Io, ReadError, Reader, Writer};
 use crate::tls::Tls;
 
-/// Failed SASL attempts one connection may make before it is closed.
-const MAX_AUTH_ATTEMPTS: u32 = 5;
 
 pub struct C2s {
     pub server: Arc<Server>,
@@ -35,20 +31,20 @@ pub struct C2s {
 }
 
 /// Negotiation state of one connection before the session starts.
-struct Conn {
-    reader: Reader,
-    writer: Writer,
-    stream_id: String,
-    secure: bool,
-    cb: ChannelBindings,
-    authed: Option<BareJid>,
-    failures: u32,
-    lang: String,
-    peer: SocketAddr,
-    deadline: Instant,
+pub(crate) struct Conn {
+    pub(crate) reader: Reader,
+    pub(crate) writer: Writer,
+    pub(crate) stream_id: String,
+    pub(crate) secure: bool,
+    pub(crate) cb: ChannelBindings,
+    pub(crate) authed: Option<BareJid>,
+    pub(crate) failures: u32,
+    pub(crate) lang: String,
+    pub(crate) peer: SocketAddr,
+    pub(crate) deadline: Instant,
 }
 
-enum Round {
+pub(crate) enum Round {
     Restart,
     StartTls,
     Bound(Bound),
@@ -57,10 +53,12 @@ enum Round {
     End,
 }
 
-struct Bound {
-    jid: FullJid,
-    tx: mpsc::Sender<Outbound>,
-    rx: mpsc::Receiver<Outbound>,
+pub(crate) struct Bound {
+    pub jid: FullJid,
+    pub tx: mpsc::Sender<Outbound>,
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Stream management enabled while binding (XEP-0386 inline): `Some(resume id or None)`.
+    pub sm: Option<Option<String>>,
 }
 
 impl C2s {
@@ -154,11 +152,15 @@ impl C2s {
         info!(secure = conn.secure, "session started");
         self.server.notify(kabar_core::Event::SessionStarted { jid: &bound.jid }).await;
         let Conn { reader, writer, .. } = conn;
-        let Bound { jid, tx, rx } = bound;
-        Session::new(self.server.clone(), self.resumable.clone(), jid, tx, rx).run(io, reader, writer).await;
+        let Bound { jid, tx, rx, sm } = bound;
+        let mut session = Session::new(self.server.clone(), self.resumable.clone(), jid, tx, rx);
+        if let Some(resume_id) = sm {
+            session.preset_sm(resume_id);
+        }
+        session.run(io, reader, writer).await;
     }
 
-    async fn fail_stream<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, condition: &str, text: Option<&str>) -> Round {
+    pub(crate) async fn fail_stream<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, condition: &str, text: Option<&str>) -> Round {
         info!(condition, text, "closing stream with error");
         let header = HeaderAttrs {
             content_ns: ns::CLIENT,
@@ -174,7 +176,7 @@ impl C2s {
 
     /// Reads the next element within the negotiation deadline, turning transport trouble into the
     /// right stream error.
-    async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S) -> Result<Element, Round> {
+    pub(crate) async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S) -> Result<Element, Round> {
         match timeout_at(conn.deadline, conn.reader.next(io)).await {
             Err(_) => Err(self.fail_stream(conn, io, "connection-timeout", Some("authentication took too long")).await),
             Ok(Ok(StreamEvent::Element(el))) => Ok(el),
@@ -229,9 +231,8 @@ impl C2s {
                 return Round::StartTls;
             }
             if el.is("auth", ns::SASL) && conn.authed.is_none() {
-                match self.sasl(conn, io, &el).await {
+                match self.sasl_legacy(conn, io, &el).await {
                     Ok(Some(jid)) => {
-                        info!(user = %jid, "authenticated");
                         conn.authed = Some(jid);
                         conn.reader.reset();
                         conn.writer = Writer::new(StreamWriter::new());
@@ -239,6 +240,21 @@ impl C2s {
                         return Round::Restart;
                     }
                     Ok(None) => continue,
+                    Err(round) => return round,
+                }
+            }
+            if el.is("authenticate", NS_SASL2) && conn.authed.is_none() {
+                // XEP-0388 §2.5: no stream restart after success.
+                match self.sasl2(conn, io, &el).await {
+                    Ok(Sasl2Outcome::Retry) => continue,
+                    Ok(Sasl2Outcome::Authenticated(jid)) => {
+                        conn.authed = Some(jid);
+                        continue;
+                    }
+                    Ok(Sasl2Outcome::Bound(bound)) => {
+                        conn.authed = Some(bound.jid.to_bare());
+                        return Round::Bound(bound);
+                    }
                     Err(round) => return round,
                 }
             }
@@ -307,19 +323,6 @@ impl C2s {
         conn.writer.header(io, &header).await.map_err(|_| Round::End)
     }
 
-    fn offered_mechanisms(&self, conn: &Conn) -> Vec<Mechanism> {
-        let plus = !conn.cb.available().is_empty();
-        let mut mechs = Vec::new();
-        if plus {
-            mechs.extend([Mechanism::ScramSha256Plus, Mechanism::ScramSha1Plus]);
-        }
-        mechs.extend([Mechanism::ScramSha256, Mechanism::ScramSha1]);
-        if conn.secure {
-            mechs.push(Mechanism::Plain);
-        }
-        mechs
-    }
-
     fn features(&self, conn: &Conn) -> Element {
         let mut features = elem("features", ns::STREAMS);
         let require_tls = self.server.config.c2s.require_encryption;
@@ -334,11 +337,9 @@ impl C2s {
             }
         }
         if conn.authed.is_none() {
-            let mut mechs = elem("mechanisms", ns::SASL);
-            for m in self.offered_mechanisms(conn) {
-                mechs.append_child(elem("mechanism", ns::SASL).with_text(m.name()));
+            for f in self.auth_features(conn) {
+                features.append_child(f);
             }
-            features.append_child(mechs);
             let types = conn.cb.available();
             if !types.is_empty() {
                 // XEP-0440: tell clients which channel-binding types we support.
@@ -363,255 +364,35 @@ impl C2s {
         features
     }
 
-    async fn sasl_failure<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, condition: &str, text: Option<&str>) -> Result<Option<BareJid>, Round> {
-        let mut failure = elem("failure", ns::SASL).with_child(elem(condition, ns::SASL));
-        if let Some(text) = text {
-            failure.append_child(elem("text", ns::SASL).with_text(text));
-        }
-        conn.writer.send(io, &failure).await.map_err(|_| Round::End)?;
-        conn.failures += 1;
-        if conn.failures >= MAX_AUTH_ATTEMPTS {
-            return Err(self.fail_stream(conn, io, "policy-violation", Some("too many failed authentication attempts")).await);
-        }
-        Ok(None)
-    }
-
-    /// Reads the client's next SASL step: `Ok(Some(bytes))` for a response, `Ok(None)` for abort.
-    async fn sasl_response<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S) -> Result<Result<Option<Vec<u8>>, SaslError>, Round> {
-        let el = self.next_element(conn, io).await?;
-        if el.is("abort", ns::SASL) {
-            return Ok(Ok(None));
-        }
-        if !el.is("response", ns::SASL) {
-            return Err(self.fail_stream(conn, io, "not-authorized", Some("expected a SASL response")).await);
-        }
-        Ok(decode_sasl(&el.text()).map(Some))
-    }
-
-    async fn challenge<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, data: &[u8]) -> Result<(), Round> {
-        let el = elem("challenge", ns::SASL).with_text(B64.encode(data));
-        conn.writer.send(io, &el).await.map_err(|_| Round::End)
-    }
-
-    /// RFC 6120 §6.4. `Ok(Some(jid))` on success, `Ok(None)` after a failure the client may retry.
-    async fn sasl<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, auth: &Element) -> Result<Option<BareJid>, Round> {
-        if !conn.secure && self.server.config.c2s.require_encryption {
-            return self.sasl_failure(conn, io, "encryption-required", None).await;
-        }
-        let mech = auth.attr("mechanism").and_then(Mechanism::from_name);
-        let Some(mech) = mech.filter(|m| self.offered_mechanisms(conn).contains(m)) else {
-            return self.sasl_failure(conn, io, "invalid-mechanism", None).await;
-        };
-        let ip_key = format!("ip:{}", conn.peer.ip());
-        if !self.server.auth_failures_by_ip.would_allow(&ip_key) {
-            return self.sasl_failure(conn, io, "temporary-auth-failure", Some("too many failed logins; try again later")).await;
-        }
-        let text = auth.text();
-        // RFC 6120 §6.4.2: no content means no initial response; "=" means an empty one.
-        let initial = match text.trim() {
-            "" => None,
-            _ => match decode_sasl(&text) {
-                Ok(data) => Some(data),
-                Err(e) => return self.sasl_failure(conn, io, e.condition(), None).await,
-            },
-        };
-        let first = match initial {
-            Some(data) => data,
-            None => {
-                self.challenge(conn, io, b"").await?;
-                match self.sasl_response(conn, io).await? {
-                    Ok(Some(data)) => data,
-                    Ok(None) => return self.sasl_failure(conn, io, "aborted", None).await,
-                    Err(e) => return self.sasl_failure(conn, io, e.condition(), None).await,
-                }
-            }
-        };
-        let outcome = match mech.hash() {
-            None => self.sasl_plain(conn, &first).await,
-            Some(hash) => self.sasl_scram(conn, io, mech, hash, &first).await?,
-        };
-        match outcome {
-            Ok((jid, additional)) => {
-                let mut success = elem("success", ns::SASL);
-                if let Some(data) = additional {
-                    success.append_text(B64.encode(data));
-                }
-                conn.writer.send(io, &success).await.map_err(|_| Round::End)?;
-                Ok(Some(jid))
-            }
-            Err((e, account)) => {
-                if matches!(e, SaslError::NotAuthorized) {
-                    self.server.auth_failures_by_ip.allow(&ip_key);
-                    if let Some(account) = account {
-                        self.server.auth_failures_by_account.allow(&format!("user:{account}"));
-                    }
-                    info!(mechanism = mech.name(), "authentication failed");
-                }
-                self.sasl_failure(conn, io, e.condition(), None).await
-            }
-        }
-    }
-
-    fn account_throttled(&self, account: &str) -> bool {
-        !self.server.auth_failures_by_account.would_allow(&format!("user:{account}"))
-    }
-
-    async fn credentials(&self, jid: Option<&BareJid>, hash: ScramHash) -> Option<kabar_sasl::ScramCredentials> {
-        let jid = jid?;
-        match self.server.store.credentials(jid.as_str()).await {
-            Ok(Some(c)) => Some(match hash {
-                ScramHash::Sha1 => c.scram_sha1,
-                ScramHash::Sha256 => c.scram_sha256,
-            }),
-            Ok(None) => None,
-            Err(e) => {
-                warn!(error = %e, "credential lookup failed");
-                None
-            }
-        }
-    }
-
-    fn check_authzid(&self, authzid: Option<&str>, jid: &BareJid) -> Result<(), SaslError> {
-        match authzid {
-            None => Ok(()),
-            Some(z) if BareJid::new(z).is_ok_and(|z| &z == jid) => Ok(()),
-            Some(_) => Err(SaslError::InvalidAuthzid),
-        }
-    }
-
-    async fn sasl_plain(&self, _conn: &mut Conn, data: &[u8]) -> Result<(BareJid, Option<Vec<u8>>), (SaslError, Option<String>)> {
-        let msg = parse_plain(data).map_err(|e| (e, None))?;
-        let jid = kabar_core::accounts::parse_account(&msg.authcid, &self.server.domain).ok();
-        let key = jid.as_ref().map(|j| j.to_string()).unwrap_or_else(|| msg.authcid.clone());
-        if self.account_throttled(&key) {
-            return Err((SaslError::TemporaryAuthFailure, None));
-        }
-        let creds = self.credentials(jid.as_ref(), ScramHash::Sha256).await;
-        let password = msg.password.clone();
-        let ok = tokio::task::spawn_blocking(move || verify_plain(&password, creds.as_ref(), ScramHash::Sha256))
-            .await
-            .unwrap_or(false);
-        match jid {
-            Some(jid) if ok => {
-                self.check_authzid(msg.authzid.as_deref(), &jid).map_err(|e| (e, None))?;
-                Ok((jid, None))
-            }
-            _ => Err((SaslError::NotAuthorized, Some(key))),
-        }
-    }
-
-    async fn sasl_scram<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        conn: &mut Conn,
-        io: &mut S,
-        mech: Mechanism,
-        hash: ScramHash,
-        first: &[u8],
-    ) -> Result<Result<(BareJid, Option<Vec<u8>>), (SaslError, Option<String>)>, Round> {
-        let plus_advertised = !conn.cb.available().is_empty();
-        let mut scram = match ScramServer::new(mech, &conn.cb, plus_advertised) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err((e, None))),
-        };
-        let client_first = match scram.client_first(first) {
-            Ok(cf) => cf,
-            Err(e) => return Ok(Err((e, None))),
-        };
-        let jid = kabar_core::accounts::parse_account(&client_first.username, &self.server.domain).ok();
-        let key = jid.as_ref().map(|j| j.to_string()).unwrap_or_else(|| client_first.username.clone());
-        if self.account_throttled(&key) {
-            return Ok(Err((SaslError::TemporaryAuthFailure, None)));
-        }
-        let creds = self.credentials(jid.as_ref(), hash).await;
-        let server_first = match scram.server_first(creds.as_ref()) {
-            Ok(sf) => sf,
-            Err(e) => return Ok(Err((e, None))),
-        };
-        self.challenge(conn, io, &server_first).await?;
-        let response = match self.sasl_response(conn, io).await? {
-            Ok(Some(data)) => data,
-            Ok(None) => return Ok(Err((SaslError::Aborted, None))),
-            Err(e) => return Ok(Err((e, None))),
-        };
-        let server_final = match scram.client_final(&response) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err((e, Some(key)))),
-        };
-        let Some(jid) = jid else {
-            return Ok(Err((SaslError::NotAuthorized, Some(key))));
-        };
-        if let Err(e) = self.check_authzid(client_first.authzid.as_deref(), &jid) {
-            return Ok(Err((e, None)));
-        }
-        Ok(Ok((jid, Some(server_final))))
-    }
-
-    /// RFC 6120 §7: binds a resource. `Ok(None)` when the client may try again.
+    /// RFC 6120 §7: answers a `<bind/>` IQ. `Ok(None)` when the client may try again.
     async fn bind<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, account: &BareJid, iq: &Element) -> Result<Option<Bound>, Round> {
-        let reply_err = |err: StanzaError| {
-            let mut reply = stanza::error_reply(iq, &err);
-            if let Some(r) = reply.as_mut() {
-                r.remove_attr_str("from");
-                r.remove_attr_str("to");
-            }
-            reply
+        let result = if stanza::stanza_type(iq) != Some("set") {
+            Err(StanzaError::bad_request())
+        } else {
+            let requested = iq
+                .get_child("bind", ns::BIND)
+                .and_then(|b| b.get_child("resource", ns::BIND))
+                .map(|r| r.text().trim().to_string())
+                .filter(|r| !r.is_empty());
+            self.bind_resource(account, requested)
         };
-        if stanza::stanza_type(iq) != Some("set") {
-            if let Some(r) = reply_err(StanzaError::bad_request()) {
-                conn.writer.send(io, &r).await.map_err(|_| Round::End)?;
+        let (reply, bound) = match result {
+            Ok(bound) => {
+                let payload = elem("bind", ns::BIND).with_child(elem("jid", ns::BIND).with_text(bound.jid.as_str()));
+                (Some(stanza::iq_result(iq, Some(payload))), Some(bound))
             }
-            return Ok(None);
-        }
-        let requested = iq
-            .get_child("bind", ns::BIND)
-            .and_then(|b| b.get_child("resource", ns::BIND))
-            .map(|r| r.text().trim().to_string())
-            .filter(|r| !r.is_empty());
-        let config = &self.server.config;
-        let existing = self.server.sessions.sessions(account);
-        let mut resource = requested.clone().unwrap_or_else(|| format!("kabar-{}", random_id(10)));
-        let policy = config.c2s.resource_conflict;
-        if policy == ResourceConflict::Random && existing.iter().any(|s| s.jid.resource().as_str() == resource) {
-            resource = format!("{resource}-{}", random_id(6));
-        }
-        let full = match account.with_resource_str(&resource) {
-            Ok(full) => full,
-            Err(_) => {
-                if let Some(r) = reply_err(StanzaError::bad_request().with_text("invalid resource")) {
-                    conn.writer.send(io, &r).await.map_err(|_| Round::End)?;
+            Err(err) => (stanza::error_reply(iq, &err), None),
+        };
+        if let Some(mut reply) = reply {
+            reply.remove_attr_str("from");
+            reply.remove_attr_str("to");
+            if conn.writer.send(io, &reply).await.is_err() {
+                if let Some(b) = &bound {
+                    self.server.sessions.unregister(&b.jid, &b.tx);
                 }
-                return Ok(None);
+                return Err(Round::End);
             }
-        };
-        let replacing = existing.iter().any(|s| s.jid == full);
-        if !replacing && existing.len() >= config.limits.max_sessions_per_account {
-            if let Some(r) = reply_err(StanzaError::resource_constraint().with_text("too many sessions for this account")) {
-                conn.writer.send(io, &r).await.map_err(|_| Round::End)?;
-            }
-            return Ok(None);
         }
-        let (tx, rx) = mpsc::channel(config.limits.session_queue.max(16));
-        if !self.server.sessions.register(full.clone(), tx.clone(), policy == ResourceConflict::Replace) {
-            if let Some(r) = reply_err(StanzaError::conflict()) {
-                conn.writer.send(io, &r).await.map_err(|_| Round::End)?;
-            }
-            return Ok(None);
-        }
-        let mut result = stanza::iq_result(iq, Some(elem("bind", ns::BIND).with_child(elem("jid", ns::BIND).with_text(full.as_str()))));
-        result.remove_attr_str("from");
-        result.remove_attr_str("to");
-        if conn.writer.send(io, &result).await.is_err() {
-            self.server.sessions.unregister(&full, &tx);
-            return Err(Round::End);
-        }
-        Ok(Some(Bound { jid: full, tx, rx }))
+        Ok(bound)
     }
-}
-
-fn decode_sasl(text: &str) -> Result<Vec<u8>, SaslError> {
-    let text = text.trim();
-    if text == "=" {
-        return Ok(Vec::new());
-    }
-    B64.decode(text).map_err(|_| SaslError::IncorrectEncoding)
 }

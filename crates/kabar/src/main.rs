@@ -1,6 +1,7 @@
 //! The `kabar` binary: command line, configuration, wiring of store, modules and listeners.
 //! The only crate that names concrete backends.
 
+mod auth;
 mod c2s;
 mod component;
 mod session;

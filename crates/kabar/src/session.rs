@@ -135,6 +135,16 @@ impl Session {
         }
     }
 
+    /// Turns stream management on (from `<enable/>`, or inline with Bind2), resumable under `id`.
+    pub fn preset_sm(&mut self, id: Option<String>) {
+        if let Some(id) = &id {
+            let (tx, rx) = mpsc::channel(1);
+            self.registry.insert(id.clone(), self.jid.to_bare(), tx);
+            self.resume_rx = Some(rx);
+        }
+        self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), ack_requested: false });
+    }
+
     pub async fn run(mut self, io: Io, reader: Reader, writer: Writer) {
         let mut live = Some(Live::new(io, reader, writer));
         loop {
@@ -367,18 +377,13 @@ impl Session {
                 let want_resume = matches!(el.attr("resume"), Some("true") | Some("1"));
                 let window = self.server.config.stream_management.resume_timeout_secs;
                 let mut enabled = elem("enabled", NS_SM);
-                let mut id = None;
-                if want_resume && window > 0 {
-                    let new_id = random_id(24);
-                    let (tx, rx) = mpsc::channel(1);
-                    self.registry.insert(new_id.clone(), self.jid.to_bare(), tx);
-                    self.resume_rx = Some(rx);
-                    enabled.set_attr_str("id", new_id.clone());
+                let id = (want_resume && window > 0).then(|| random_id(24));
+                if let Some(id) = &id {
+                    enabled.set_attr_str("id", id.clone());
                     enabled.set_attr_str("resume", "true");
                     enabled.set_attr_str("max", window.to_string());
-                    id = Some(new_id);
                 }
-                self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), ack_requested: false });
+                self.preset_sm(id);
                 let _ = l.writer.queue(&enabled);
                 None
             }
