@@ -216,6 +216,19 @@ impl Module for CarbonsModule {
         "carbons"
     }
 
+    fn bind2_features(&self) -> Vec<&'static str> {
+        vec![NS_CARBONS]
+    }
+
+    /// XEP-0386 §4: `<enable xmlns='urn:xmpp:carbons:2'/>` inside Bind2 turns carbons on for the
+    /// new session; there is nothing to report in `<bound/>`.
+    async fn bind2_enable(&self, _server: &Server, jid: &FullJid, request: &Element) -> Option<Element> {
+        if request.is("enable", NS_CARBONS) {
+            self.lock().insert(jid.clone());
+        }
+        None
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_CARBONS, NS_CARBONS_RULES]
     }
