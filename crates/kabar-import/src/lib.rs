@@ -117,7 +117,8 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
-    fn tag(self) -> &'static str {
+    /// A short English name ("image", "missed voice call" …).
+    pub fn tag(self) -> &'static str {
         match self {
             MediaKind::Image => "image",
             MediaKind::Video => "video",

@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -33,6 +34,8 @@ pub fn default_modules(config: &Config) -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::BlockingModule::new()),
         Arc::new(last::LastModule::new()),
         Arc::new(register::RegisterModule::new()),
+        // Before carbons and offline: they copy or store the message with its archive stanza-id.
+        Arc::new(mam::MamModule::new()),
         Arc::new(carbons::CarbonsModule::new()),
         // Last: modules above may observe presence; presence answers Handled for all of it.
         Arc::new(roster::RosterModule::new()),

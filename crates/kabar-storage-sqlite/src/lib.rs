@@ -92,7 +92,54 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO meta (key, value) VALUES ('roster_version_floor', 0);
     ",
+    // 2: message archive (XEP-0313) with full-text search over bodies. See archive.rs.
+    "
+    -- One row per archived message. `seq` orders nothing visible; it is the FTS rowid (AUTOINCREMENT,
+    -- so a deleted row's number is never reused by the index). Items are ordered by (ts, id).
+    CREATE TABLE archive (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner      TEXT    NOT NULL,
+        id         TEXT    NOT NULL,
+        peer       TEXT    NOT NULL,
+        peer_full  TEXT,
+        direction  TEXT    NOT NULL CHECK (direction IN ('in', 'out')),
+        ts         INTEGER NOT NULL,
+        message_id TEXT,
+        origin_id  TEXT,
+        replaces   TEXT,
+        body       TEXT,
+        stanza     BLOB    NOT NULL,
+        retracted  INTEGER NOT NULL DEFAULT 0,
+        dedupe_key TEXT
+    );
+    CREATE UNIQUE INDEX archive_owner_id ON archive (owner, id);
+    CREATE UNIQUE INDEX archive_owner_dedupe ON archive (owner, dedupe_key) WHERE dedupe_key IS NOT NULL;
+    CREATE INDEX archive_owner_ts ON archive (owner, ts, id);
+    CREATE INDEX archive_owner_peer_ts ON archive (owner, peer, ts, id);
+    CREATE INDEX archive_ts ON archive (ts);
+    CREATE INDEX archive_message_id ON archive (owner, peer, message_id) WHERE message_id IS NOT NULL;
+    CREATE INDEX archive_origin_id ON archive (owner, peer, origin_id) WHERE origin_id IS NOT NULL;
+    CREATE INDEX archive_replaces ON archive (owner, peer, replaces) WHERE replaces IS NOT NULL;
+
+    -- External-content FTS5 index over archive.body, kept in step by the triggers below. Every row
+    -- is indexed (FTS5 expects that of its content table); a NULL body indexes no words.
+    CREATE VIRTUAL TABLE archive_fts USING fts5(
+        body, content = 'archive', content_rowid = 'seq', tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER archive_fts_insert AFTER INSERT ON archive BEGIN
+        INSERT INTO archive_fts (rowid, body) VALUES (new.seq, new.body);
+    END;
+    CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive BEGIN
+        INSERT INTO archive_fts (archive_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+    END;
+    CREATE TRIGGER archive_fts_update AFTER UPDATE OF body ON archive BEGIN
+        INSERT INTO archive_fts (archive_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+        INSERT INTO archive_fts (rowid, body) VALUES (new.seq, new.body);
+    END;
+    ",
 ];
+
+mod archive;
 
 /// A kabar store in one SQLite database. Cheap to clone (all clones share the connections).
 #[derive(Clone)]
@@ -217,6 +264,9 @@ impl SqliteStore {
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
     }
+
+    /// The schema version this build creates and understands (the number of migrations).
+    pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
     /// The schema version of the open database (the number of applied migrations).
     pub async fn schema_version(&self) -> Result<u32> {
@@ -485,6 +535,8 @@ impl AccountStore for SqliteStore {
                 ("roster_version", "DELETE FROM roster_version WHERE user = ?1"),
                 ("offline", "DELETE FROM offline WHERE user = ?1"),
                 ("kv", "DELETE FROM kv WHERE user = ?1"),
+                // The FTS rows go with them (archive_fts_delete trigger).
+                ("archive", "DELETE FROM archive WHERE owner = ?1"),
             ] {
                 tx.execute(sql, [&user]).ctx(&format!("delete_account: clearing {table}"))?;
             }

@@ -125,7 +125,7 @@ async fn data_persists_across_reopen() {
     let version = db.put_roster_item(u, &item).await.expect("put roster");
     let id = db.push_offline(u, b"<message/>", 10).await.expect("push");
     db.kv_put(u, "vcard", "", b"\x00\x01vcard").await.expect("kv_put");
-    assert_eq!(db.schema_version().await.expect("schema version"), 1);
+    assert_eq!(db.schema_version().await.expect("schema version"), SqliteStore::SCHEMA_VERSION);
 
     db.reopen();
 
@@ -137,7 +137,11 @@ async fn data_persists_across_reopen() {
         "offline queue survives"
     );
     assert_eq!(db.kv_get(u, "vcard", "").await.expect("kv_get").as_deref(), Some(&b"\x00\x01vcard"[..]));
-    assert_eq!(db.schema_version().await.expect("schema version"), 1, "reopen applies no migration twice");
+    assert_eq!(
+        db.schema_version().await.expect("schema version"),
+        SqliteStore::SCHEMA_VERSION,
+        "reopen applies no migration twice"
+    );
     let next = db.push_offline(u, b"<later/>", 10).await.expect("push after reopen");
     assert!(next > id, "offline ids continue after reopen");
     let v2 = db.remove_roster_item(u, "friend@example.org").await.expect("remove").expect("existed");
@@ -231,4 +235,90 @@ async fn concurrent_pushes(store: SqliteStore) {
 
 fn msgs_for(u: usize, tasks: usize, per_task: usize) -> usize {
     (0..tasks).flat_map(|t| (0..per_task).map(move |i| (t + i) % 3)).filter(|&x| x == u).count()
+}
+
+/// The external-content FTS index matches the archive table after every kind of change, and the
+/// archive survives a reopen.
+#[tokio::test]
+async fn archive_fts_index_consistent_and_durable() {
+    use kabar_storage::{AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, Direction};
+    let mut db = TempDb::new();
+    let owner = "fts@example.org";
+    db.create_account(owner, &creds(3)).await.expect("create");
+    let item = |n: i64, body: Option<&str>| ArchiveItem {
+        id: format!("id{n:03}"),
+        with: "peer@example.org".into(),
+        direction: if n % 2 == 0 { Direction::In } else { Direction::Out },
+        timestamp: 1_000_000 * n,
+        body: body.map(str::to_owned),
+        stanza: format!("<message n='{n}'/>").into_bytes(),
+        ..ArchiveItem::default()
+    };
+    for n in 0..200 {
+        let body = (n % 7 != 0).then(|| format!("word{} common text {n}", n % 5));
+        assert!(db.archive_append(owner, &item(n, body.as_deref()), None).await.expect("append"));
+        db.archive_append("other@example.org", &item(n, Some("other common")), None).await.expect("append");
+    }
+    for n in (0..200).step_by(3) {
+        db.archive_edit(owner, &format!("id{n:03}"), (n % 2 == 0).then_some("edited common"), b"<e/>")
+            .await
+            .expect("edit");
+    }
+    for n in (0..200).step_by(11) {
+        db.archive_retract(owner, &format!("id{n:03}"), b"<t/>").await.expect("retract");
+    }
+    assert_eq!(db.archive_delete_before(20_000_000).await.expect("retention"), 40);
+    let check = |path: &Path| {
+        let conn = rusqlite::Connection::open(path).expect("raw open");
+        conn.execute("INSERT INTO archive_fts (archive_fts, rank) VALUES ('integrity-check', 1)", [])
+            .expect("FTS index matches the archive table");
+        let indexed: i64 = conn
+            .query_row("SELECT COUNT(*) FROM archive_fts WHERE archive_fts MATCH 'common'", [], |r| r.get(0))
+            .expect("fts count");
+        let expected: i64 =
+            conn.query_row("SELECT COUNT(*) FROM archive WHERE body LIKE '%common%'", [], |r| r.get(0)).expect("count");
+        assert_eq!(indexed, expected, "every searchable body is indexed, and nothing else");
+    };
+    check(&db.path);
+    let q = ArchiveQuery { text: Some("common".into()), max: 1000, ..ArchiveQuery::default() };
+    let before = db.archive_query(owner, &q).await.expect("query").expect("page");
+    db.reopen();
+    let after = db.archive_query(owner, &q).await.expect("query").expect("page");
+    assert_eq!(before, after, "archive and index survive a reopen");
+    assert!(after.count > 50, "{}", after.count);
+
+    assert!(db.delete_account(owner).await.expect("delete"));
+    check(&db.path);
+    assert_eq!(db.archive_query(owner, &q).await.expect("query").expect("page").count, 0);
+    assert_eq!(
+        db.archive_query("other@example.org", &q).await.expect("query").expect("page").count,
+        180,
+        "the other archive keeps its items (200 minus the 20 retention took from it)"
+    );
+}
+
+/// Queries use the archive indexes, not a scan of every owner's rows.
+#[tokio::test]
+async fn archive_queries_use_indexes() {
+    let db = TempDb::new();
+    let conn = rusqlite::Connection::open(&db.path).expect("raw open");
+    let plan = |sql: &str| -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).expect("plan");
+        rows.map(|r| r.expect("row")).collect::<Vec<_>>().join(" | ")
+    };
+    for (sql, index) in [
+        (
+            "SELECT * FROM archive WHERE owner = 'a' AND (ts, id) > (1, 'x') ORDER BY ts, id LIMIT 11",
+            "archive_owner_ts",
+        ),
+        ("SELECT * FROM archive WHERE owner = 'a' ORDER BY ts DESC, id DESC LIMIT 11", "archive_owner_ts"),
+        ("SELECT * FROM archive WHERE owner = 'a' AND peer = 'b' ORDER BY ts, id LIMIT 11", "archive_owner_peer_ts"),
+        ("SELECT ts FROM archive WHERE owner = 'a' AND id = 'x'", "archive_owner_id"),
+        ("SELECT seq FROM archive WHERE ts < 5 ORDER BY ts LIMIT 10", "archive_ts"),
+    ] {
+        let p = plan(sql);
+        assert!(p.contains(index), "{sql}\n  plan: {p}");
+        assert!(!p.contains("TEMP B-TREE"), "no sort step: {sql}\n  plan: {p}");
+    }
 }

@@ -17,7 +17,10 @@
 //! dereferences to a store: a `Box`, an `Arc`, a [`SharedStore`](crate::SharedStore) or a guard
 //! type that cleans up a database on drop.
 
-use crate::{AccountCredentials, RosterItem, ScramCredentials, Store, StoreError, Subscription};
+use crate::{
+    AccountCredentials, ArchiveCursor, ArchiveItem, ArchivePage, ArchiveQuery, Direction, RosterItem,
+    ScramCredentials, Store, StoreError, Subscription,
+};
 
 /// Expands to one `#[tokio::test]` per conformance check. `$make` is evaluated inside each async
 /// test (it may `.await`) and must yield a value that dereferences to a [`Store`](crate::Store).
@@ -43,6 +46,15 @@ macro_rules! conformance_tests {
             kv_get_put_overwrite_delete,
             kv_list_sorted,
             kv_isolation,
+            archive_append_get_round_trip,
+            archive_append_idempotent,
+            archive_paging_forward_and_backward,
+            archive_query_filters,
+            archive_fulltext_search,
+            archive_edit_and_retract,
+            archive_find_refs,
+            archive_delete_all_and_retention,
+            delete_account_removes_archive,
         );
     };
     (@each $make:expr; $($check:ident),* $(,)?) => {
@@ -75,6 +87,15 @@ pub async fn run_all<S: Store + ?Sized>(s: &S) {
     kv_get_put_overwrite_delete(s).await;
     kv_list_sorted(s).await;
     kv_isolation(s).await;
+    archive_append_get_round_trip(s).await;
+    archive_append_idempotent(s).await;
+    archive_paging_forward_and_backward(s).await;
+    archive_query_filters(s).await;
+    archive_fulltext_search(s).await;
+    archive_edit_and_retract(s).await;
+    archive_find_refs(s).await;
+    archive_delete_all_and_retention(s).await;
+    delete_account_removes_archive(s).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -741,4 +762,526 @@ pub async fn kv_isolation<S: Store + ?Sized>(s: &S) {
         Some(&b"b-s1"[..]),
         "same key of another user untouched"
     );
+}
+// ---------------------------------------------------------------------------------------------
+// Message archive
+//
+// Archive checks use timestamps from `ARCHIVE_BASE_TS` on, except the retention check, which works
+// below it: `archive_delete_before` spans every owner, and must not eat other checks' items.
+
+/// 2023-11-14T22:13:20Z in Unix microseconds.
+const ARCHIVE_BASE_TS: i64 = 1_700_000_000_000_000;
+
+fn arch(id: &str, with: &str, direction: Direction, ts: i64, body: Option<&str>) -> ArchiveItem {
+    ArchiveItem {
+        id: id.to_owned(),
+        with: with.to_owned(),
+        with_full: None,
+        direction,
+        timestamp: ts,
+        message_id: None,
+        origin_id: None,
+        replaces: None,
+        body: body.map(str::to_owned),
+        stanza: format!("<message xmlns='jabber:client' id='{id}'/>").into_bytes(),
+        retracted: false,
+    }
+}
+
+fn page_ids(page: &ArchivePage) -> Vec<String> {
+    page.items.iter().map(|i| i.id.clone()).collect()
+}
+
+#[track_caller]
+fn found(r: crate::Result<Option<ArchivePage>>, what: &str) -> ArchivePage {
+    match must(r, what) {
+        Some(p) => p,
+        None => panic!("{what}: the store reported an unknown id where every id exists"),
+    }
+}
+
+async fn search<S: Store + ?Sized>(s: &S, owner: &str, text: &str) -> Vec<String> {
+    let q = ArchiveQuery { text: Some(text.to_owned()), max: 100, ..ArchiveQuery::default() };
+    page_ids(&found(s.archive_query(owner, &q).await, "archive_query (text)"))
+}
+
+pub async fn archive_append_get_round_trip<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-rt@conformance.example";
+    let item = ArchiveItem {
+        id: "rt-1".into(),
+        with: "peer@conformance.example".into(),
+        with_full: Some("peer@conformance.example/phone ✓".into()),
+        direction: Direction::Out,
+        timestamp: ARCHIVE_BASE_TS + 123_456,
+        message_id: Some("msg-1".into()),
+        origin_id: Some("origin-1".into()),
+        replaces: Some("msg-0".into()),
+        body: Some("Grüße, \"quoted\" & <angled> — ok".into()),
+        stanza: b"\x00\x01<message/>\xff".to_vec(),
+        retracted: false,
+    };
+    assert!(must(s.archive_get(owner, "rt-1").await, "archive_get").is_none(), "missing item is None");
+    assert!(must(s.archive_append(owner, &item, None).await, "archive_append"), "first append inserts");
+    assert_eq!(
+        must(s.archive_get(owner, "rt-1").await, "archive_get"),
+        Some(item.clone()),
+        "every field round-trips exactly"
+    );
+    assert!(
+        must(s.archive_get("arch-rt-other@conformance.example", "rt-1").await, "archive_get").is_none(),
+        "another owner does not see the item"
+    );
+    let mut bare = arch("rt-2", "peer@conformance.example", Direction::In, ARCHIVE_BASE_TS + 200_000, None);
+    bare.retracted = true;
+    assert!(must(s.archive_append(owner, &bare, None).await, "archive_append"), "append");
+    assert_eq!(
+        must(s.archive_get(owner, "rt-2").await, "archive_get"),
+        Some(bare),
+        "an item without optional fields round-trips (including the retracted flag)"
+    );
+}
+
+pub async fn archive_append_idempotent<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-idem@conformance.example";
+    let other = "arch-idem-other@conformance.example";
+    let peer = "peer@conformance.example";
+    let first = arch("idem-1", peer, Direction::In, ARCHIVE_BASE_TS, Some("first"));
+    assert!(must(s.archive_append(owner, &first, None).await, "archive_append"), "first append inserts");
+    let mut again = arch("idem-1", peer, Direction::Out, ARCHIVE_BASE_TS + 5, Some("changed"));
+    again.stanza = b"<other/>".to_vec();
+    assert!(
+        !must(s.archive_append(owner, &again, None).await, "archive_append (same id)"),
+        "appending an existing id returns false"
+    );
+    assert_eq!(
+        must(s.archive_get(owner, "idem-1").await, "archive_get"),
+        Some(first.clone()),
+        "a repeated id changes nothing"
+    );
+
+    let imported = arch("idem-2", peer, Direction::In, ARCHIVE_BASE_TS - 1_000_000, Some("imported"));
+    assert!(
+        must(s.archive_append(owner, &imported, Some("import:abc")).await, "archive_append (dedupe)"),
+        "first import inserts"
+    );
+    let reimported = arch("idem-3", peer, Direction::In, ARCHIVE_BASE_TS - 1_000_000, Some("imported"));
+    assert!(
+        !must(s.archive_append(owner, &reimported, Some("import:abc")).await, "archive_append (dedupe again)"),
+        "importing the same dedupe key again (under a fresh id) adds nothing"
+    );
+    assert!(must(s.archive_get(owner, "idem-3").await, "archive_get").is_none(), "no item under the new id");
+    let all = found(s.archive_query(owner, &ArchiveQuery { max: 100, ..ArchiveQuery::default() }).await, "query");
+    assert_eq!(page_ids(&all), vec!["idem-2", "idem-1"], "exactly the two distinct items, in time order");
+    assert_eq!(all.count, 2);
+
+    // Ids and dedupe keys are per owner.
+    assert!(must(s.archive_append(other, &first, None).await, "archive_append"), "same id, other owner");
+    assert!(
+        must(s.archive_append(other, &reimported, Some("import:abc")).await, "archive_append"),
+        "same dedupe key, other owner"
+    );
+    // A different dedupe key with an existing id is still a repeat.
+    assert!(
+        !must(s.archive_append(owner, &first, Some("import:new")).await, "archive_append"),
+        "an existing id is a repeat whatever the dedupe key"
+    );
+}
+
+/// 53 items, pages of 10: forward from the start and backward from the end, every item exactly
+/// once, in `(timestamp, id)` order (ids deliberately not in time order; one timestamp shared).
+pub async fn archive_paging_forward_and_backward<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-paging@conformance.example";
+    let peer = "peer@conformance.example";
+    let mut expected = Vec::new();
+    for i in 0..53i64 {
+        // Items 20 and 21 share a timestamp; "id" order decides between them.
+        let ts = ARCHIVE_BASE_TS + if i == 21 { 20 } else { i } * 1_000;
+        let id = if i == 21 { "p-zz-tie".to_owned() } else { format!("p-{:02}", (i * 37) % 53) };
+        expected.push((ts, id));
+    }
+    // Appended newest first: the store sorts.
+    for (n, (ts, id)) in expected.iter().enumerate().rev() {
+        let dir = if n % 2 == 0 { Direction::In } else { Direction::Out };
+        must(s.archive_append(owner, &arch(id, peer, dir, *ts, Some("paging")), None).await, "archive_append");
+    }
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+
+    // Forward.
+    let mut got = Vec::new();
+    let mut cursor = ArchiveCursor::Start;
+    let mut sizes = Vec::new();
+    loop {
+        let q = ArchiveQuery { cursor: cursor.clone(), max: 10, ..ArchiveQuery::default() };
+        let page = found(s.archive_query(owner, &q).await, "archive_query (forward)");
+        assert_eq!(page.count, 53, "count is the whole result set on every page");
+        sizes.push(page.items.len());
+        got.extend(page_ids(&page));
+        if page.complete {
+            break;
+        }
+        assert!(sizes.len() < 10, "forward paging must end");
+        let last = page.last_id().expect("an incomplete page has items").to_owned();
+        cursor = ArchiveCursor::After(last);
+    }
+    assert_eq!(sizes, vec![10, 10, 10, 10, 10, 3], "page sizes forward");
+    assert_eq!(got, expected, "forward paging yields every item once, in chronological order");
+
+    // Backward.
+    let mut pages = Vec::new();
+    let mut cursor = ArchiveCursor::End;
+    loop {
+        let q = ArchiveQuery { cursor: cursor.clone(), max: 10, ..ArchiveQuery::default() };
+        let page = found(s.archive_query(owner, &q).await, "archive_query (backward)");
+        assert_eq!(page.count, 53);
+        let ids = page_ids(&page);
+        let mut sorted = ids.clone();
+        sorted.sort_by_key(|id| expected.iter().position(|e| e == id));
+        assert_eq!(ids, sorted, "a page is in chronological order also when paging backward");
+        let done = page.complete;
+        let first = page.first_id().map(str::to_owned);
+        pages.push(ids);
+        if done {
+            break;
+        }
+        assert!(pages.len() < 10, "backward paging must end");
+        cursor = ArchiveCursor::Before(first.expect("an incomplete page has items"));
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 10, 10, 10, 3], "page sizes backward");
+    let back: Vec<String> = pages.into_iter().rev().flatten().collect();
+    assert_eq!(back, expected, "backward paging yields every item once");
+
+    // Edges.
+    let all = found(s.archive_query(owner, &ArchiveQuery { max: 53, ..ArchiveQuery::default() }).await, "query");
+    assert!(all.complete, "a page holding exactly the rest is complete");
+    assert_eq!(page_ids(&all), expected);
+    let zero = found(s.archive_query(owner, &ArchiveQuery { max: 0, ..ArchiveQuery::default() }).await, "query");
+    assert!(zero.items.is_empty(), "max 0 returns no items");
+    assert_eq!(zero.count, 53, "max 0 still counts");
+    assert!(!zero.complete, "max 0 over a non-empty set is not complete");
+    let last = expected.last().expect("items").clone();
+    let after_last = ArchiveQuery { cursor: ArchiveCursor::After(last), max: 10, ..ArchiveQuery::default() };
+    let p = found(s.archive_query(owner, &after_last).await, "query");
+    assert!(p.items.is_empty() && p.complete, "nothing after the last item");
+    let first = expected[0].clone();
+    let before_first = ArchiveQuery { cursor: ArchiveCursor::Before(first), max: 10, ..ArchiveQuery::default() };
+    let p = found(s.archive_query(owner, &before_first).await, "query");
+    assert!(p.items.is_empty() && p.complete, "nothing before the first item");
+    let empty = found(
+        s.archive_query("arch-paging-empty@conformance.example", &ArchiveQuery { max: 10, ..ArchiveQuery::default() })
+            .await,
+        "query",
+    );
+    assert!(empty.items.is_empty() && empty.complete && empty.count == 0, "an empty archive is one complete page");
+}
+
+pub async fn archive_query_filters<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-filter@conformance.example";
+    let romeo = "romeo@conformance.example";
+    let nurse = "nurse@conformance.example";
+    let t = |n: i64| ARCHIVE_BASE_TS + n * 1_000_000;
+    let mut items = vec![
+        arch("f1", romeo, Direction::In, t(1), Some("one")),
+        arch("f2", nurse, Direction::Out, t(2), Some("two")),
+        arch("f3", romeo, Direction::Out, t(3), Some("three")),
+        arch("f4", romeo, Direction::In, t(4), Some("four")),
+        arch("f5", nurse, Direction::In, t(5), Some("five")),
+        arch("f6", romeo, Direction::In, t(6), Some("six")),
+    ];
+    items[3].with_full = Some(format!("{romeo}/orchard"));
+    items[5].with_full = Some(format!("{romeo}/balcony"));
+    for it in &items {
+        must(s.archive_append(owner, it, None).await, "archive_append");
+    }
+    must(
+        s.archive_append("arch-filter-other@conformance.example", &arch("o1", romeo, Direction::In, t(3), None), None)
+            .await,
+        "archive_append",
+    );
+    let run = |q: ArchiveQuery| async move {
+        let p = found(s.archive_query(owner, &ArchiveQuery { max: 100, ..q }).await, "archive_query");
+        assert_eq!(p.count as usize, p.items.len(), "count matches the filtered set");
+        page_ids(&p)
+    };
+    assert_eq!(run(ArchiveQuery::default()).await, ["f1", "f2", "f3", "f4", "f5", "f6"], "no filter: all, own only");
+    assert_eq!(
+        run(ArchiveQuery { with: Some(romeo.into()), ..ArchiveQuery::default() }).await,
+        ["f1", "f3", "f4", "f6"],
+        "with a bare JID: both directions, every resource"
+    );
+    assert_eq!(
+        run(ArchiveQuery { with: Some(format!("{romeo}/orchard")), ..ArchiveQuery::default() }).await,
+        ["f4"],
+        "with a full JID: only that resource"
+    );
+    assert_eq!(
+        run(ArchiveQuery { start: Some(t(2)), end: Some(t(4)), ..ArchiveQuery::default() }).await,
+        ["f2", "f3", "f4"],
+        "start and end are inclusive"
+    );
+    assert_eq!(
+        run(ArchiveQuery { start: Some(t(2) + 1), end: Some(t(4) - 1), ..ArchiveQuery::default() }).await,
+        ["f3"],
+        "start and end bound to the microsecond"
+    );
+    assert_eq!(
+        run(ArchiveQuery { after_id: Some("f2".into()), before_id: Some("f5".into()), ..ArchiveQuery::default() })
+            .await,
+        ["f3", "f4"],
+        "after_id and before_id are exclusive"
+    );
+    assert_eq!(
+        run(ArchiveQuery { with: Some(romeo.into()), after_id: Some("f2".into()), ..ArchiveQuery::default() }).await,
+        ["f3", "f4", "f6"],
+        "filters combine; after_id may name an item the other filters exclude"
+    );
+    assert_eq!(
+        run(ArchiveQuery { ids: Some(vec!["f5".into(), "f1".into()]), ..ArchiveQuery::default() }).await,
+        ["f1", "f5"],
+        "ids: just those, in chronological order"
+    );
+    assert!(run(ArchiveQuery { with: Some("nobody@conformance.example".into()), ..ArchiveQuery::default() })
+        .await
+        .is_empty());
+
+    // Cursor within a filter.
+    let p = found(
+        s.archive_query(
+            owner,
+            &ArchiveQuery {
+                with: Some(romeo.into()),
+                cursor: ArchiveCursor::After("f3".into()),
+                max: 1,
+                ..ArchiveQuery::default()
+            },
+        )
+        .await,
+        "archive_query",
+    );
+    assert_eq!(page_ids(&p), ["f4"]);
+    assert_eq!(p.count, 4, "count ignores the cursor");
+    assert!(!p.complete, "f6 is still to come");
+
+    // Unknown ids (also ids of another owner's archive).
+    for q in [
+        ArchiveQuery { after_id: Some("nope".into()), ..ArchiveQuery::default() },
+        ArchiveQuery { before_id: Some("o1".into()), ..ArchiveQuery::default() },
+        ArchiveQuery { ids: Some(vec!["f1".into(), "nope".into()]), ..ArchiveQuery::default() },
+        ArchiveQuery { cursor: ArchiveCursor::After("nope".into()), ..ArchiveQuery::default() },
+        ArchiveQuery { cursor: ArchiveCursor::Before("o1".into()), ..ArchiveQuery::default() },
+        ArchiveQuery {
+            cursor: ArchiveCursor::After("nope".into()),
+            text: Some("zzz".into()),
+            ..ArchiveQuery::default()
+        },
+    ] {
+        assert!(
+            must(s.archive_query(owner, &ArchiveQuery { max: 10, ..q.clone() }).await, "archive_query").is_none(),
+            "an id not in the archive must give None: {q:?}"
+        );
+    }
+}
+
+pub async fn archive_fulltext_search<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-fts@conformance.example";
+    let peer = "peer@conformance.example";
+    let other_peer = "other@conformance.example";
+    let t = |n: i64| ARCHIVE_BASE_TS + n;
+    let items = [
+        arch("s1", peer, Direction::In, t(1), Some("Hello wonderful world")),
+        arch("s2", peer, Direction::Out, t(2), Some("hello there")),
+        arch("s3", other_peer, Direction::In, t(3), Some("Crème brûlée for dessert")),
+        arch("s4", peer, Direction::In, t(4), Some("worldwide news")),
+        arch("s5", other_peer, Direction::Out, t(5), Some("Don't panic, HELLO")),
+        arch("s6", peer, Direction::In, t(6), None),
+    ];
+    for it in &items {
+        must(s.archive_append(owner, it, None).await, "archive_append");
+    }
+    // Another owner's matching items are never found.
+    must(
+        s.archive_append(
+            "arch-fts-other@conformance.example",
+            &arch("x1", peer, Direction::In, t(1), Some("hello")),
+            None,
+        )
+        .await,
+        "archive_append",
+    );
+    assert_eq!(search(s, owner, "hello").await, ["s1", "s2", "s5"], "case-insensitive word match");
+    assert_eq!(search(s, owner, "hello world").await, ["s1"], "all words must occur");
+    assert_eq!(search(s, owner, "world").await, ["s1"], "whole words only");
+    assert_eq!(search(s, owner, "world*").await, ["s1", "s4"], "trailing * is a prefix");
+    assert_eq!(search(s, owner, "creme brulee").await, ["s3"], "diacritics-insensitive");
+    assert_eq!(search(s, owner, "BRÛLÉE").await, ["s3"]);
+    assert_eq!(search(s, owner, "\"hello there\"").await, ["s2"], "phrase");
+    assert!(search(s, owner, "\"there hello\"").await.is_empty(), "phrase word order matters");
+    assert_eq!(search(s, owner, "don't").await, ["s5"], "punctuation inside a word");
+    assert!(search(s, owner, "missing").await.is_empty(), "absent word");
+    assert!(search(s, owner, "hello OR panic").await.is_empty(), "no query syntax: OR is a word");
+    assert!(search(s, owner, "!!! ... *").await.is_empty(), "no usable term matches nothing");
+    for hostile in ["NEAR(hello world)", "\"", "hello\"", "-hello", "body:hello", "^hello", "(", "*hello", "hello AND"]
+    {
+        // Must not fail, whatever it finds.
+        let q = ArchiveQuery { text: Some(hostile.into()), max: 10, ..ArchiveQuery::default() };
+        must(s.archive_query(owner, &q).await, &format!("archive_query with text {hostile:?}"));
+    }
+    // Combined with other filters, and paged.
+    let q = ArchiveQuery { text: Some("hello".into()), with: Some(peer.into()), max: 1, ..ArchiveQuery::default() };
+    let p = found(s.archive_query(owner, &q).await, "archive_query");
+    assert_eq!((page_ids(&p), p.count, p.complete), (vec!["s1".to_owned()], 2, false));
+    let q = ArchiveQuery { cursor: ArchiveCursor::After("s1".into()), ..q };
+    let p = found(s.archive_query(owner, &q).await, "archive_query");
+    assert_eq!((page_ids(&p), p.complete), (vec!["s2".to_owned()], true));
+    let q = ArchiveQuery { text: Some("hello".into()), cursor: ArchiveCursor::End, max: 2, ..ArchiveQuery::default() };
+    let p = found(s.archive_query(owner, &q).await, "archive_query");
+    assert_eq!((page_ids(&p), p.complete), (vec!["s2".to_owned(), "s5".to_owned()], false));
+}
+
+pub async fn archive_edit_and_retract<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-edit@conformance.example";
+    let peer = "peer@conformance.example";
+    for (i, id) in ["e1", "e2", "e3"].iter().enumerate() {
+        let it = arch(id, peer, Direction::In, ARCHIVE_BASE_TS + i as i64, Some("original typo text"));
+        must(s.archive_append(owner, &it, None).await, "archive_append");
+    }
+    assert!(
+        must(s.archive_edit(owner, "e2", Some("corrected text"), b"<corrected/>").await, "archive_edit"),
+        "edit of an existing item returns true"
+    );
+    let e2 = must(s.archive_get(owner, "e2").await, "archive_get").expect("edited item exists");
+    assert_eq!(e2.body.as_deref(), Some("corrected text"));
+    assert_eq!(e2.stanza, b"<corrected/>");
+    assert_eq!(e2.timestamp, ARCHIVE_BASE_TS + 1, "an edit keeps the timestamp");
+    assert_eq!(search(s, owner, "corrected").await, ["e2"], "the new text is searchable");
+    assert_eq!(search(s, owner, "typo").await, ["e1", "e3"], "the old text is no longer found");
+    assert!(
+        must(s.archive_edit(owner, "e3", None, b"<no-text/>").await, "archive_edit"),
+        "an edit may drop the searchable text"
+    );
+    assert_eq!(search(s, owner, "typo").await, ["e1"]);
+
+    assert!(must(s.archive_retract(owner, "e1", b"<tombstone/>").await, "archive_retract"), "retract returns true");
+    let e1 = must(s.archive_get(owner, "e1").await, "archive_get").expect("a tombstone stays in the archive");
+    assert!(e1.retracted, "retracted flag set");
+    assert_eq!(e1.body, None, "a tombstone has no searchable text");
+    assert_eq!(e1.stanza, b"<tombstone/>");
+    assert_eq!((e1.timestamp, e1.with.as_str()), (ARCHIVE_BASE_TS, peer), "id, time and peer stay");
+    assert!(search(s, owner, "typo").await.is_empty(), "retracted text is not found");
+    assert!(
+        !must(s.archive_edit(owner, "e1", Some("resurrected"), b"<x/>").await, "archive_edit"),
+        "a tombstone cannot be edited"
+    );
+    assert_eq!(must(s.archive_get(owner, "e1").await, "archive_get").map(|i| i.stanza), Some(b"<tombstone/>".to_vec()));
+    assert!(search(s, owner, "resurrected").await.is_empty());
+    assert!(
+        must(s.archive_retract(owner, "e1", b"<tombstone2/>").await, "archive_retract"),
+        "retracting again is harmless"
+    );
+    assert!(!must(s.archive_retract(owner, "nope", b"<t/>").await, "archive_retract"), "missing item");
+    assert!(!must(s.archive_edit(owner, "nope", None, b"<t/>").await, "archive_edit"), "missing item");
+    assert!(
+        !must(s.archive_edit("arch-edit-other@conformance.example", "e2", None, b"<t/>").await, "archive_edit"),
+        "another owner's item is not touched"
+    );
+    let all = found(s.archive_query(owner, &ArchiveQuery { max: 10, ..ArchiveQuery::default() }).await, "query");
+    assert_eq!(page_ids(&all), ["e1", "e2", "e3"], "tombstones keep their place");
+}
+
+pub async fn archive_find_refs<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-refs@conformance.example";
+    let romeo = "romeo@conformance.example";
+    let nurse = "nurse@conformance.example";
+    let mut a = arch("r1", romeo, Direction::In, ARCHIVE_BASE_TS + 1, Some("a"));
+    a.message_id = Some("m-1".into());
+    let mut b = arch("r2", romeo, Direction::In, ARCHIVE_BASE_TS + 2, Some("b"));
+    b.origin_id = Some("m-1".into());
+    b.message_id = Some("other".into());
+    let mut c = arch("r3", romeo, Direction::In, ARCHIVE_BASE_TS + 3, Some("c"));
+    c.replaces = Some("m-1".into());
+    c.message_id = Some("m-3".into());
+    let mut d = arch("r4", romeo, Direction::Out, ARCHIVE_BASE_TS + 4, Some("d"));
+    d.message_id = Some("m-1".into());
+    let mut e = arch("r5", nurse, Direction::In, ARCHIVE_BASE_TS + 5, Some("e"));
+    e.message_id = Some("m-1".into());
+    for it in [&c, &a, &b, &d, &e] {
+        must(s.archive_append(owner, it, None).await, "archive_append");
+    }
+    let ids = |v: Vec<ArchiveItem>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(must(s.archive_find_refs(owner, romeo, Direction::In, "m-1").await, "archive_find_refs")),
+        ["r1", "r2", "r3"],
+        "message id, origin-id and corrections of it, from that peer in that direction, oldest first"
+    );
+    assert_eq!(ids(must(s.archive_find_refs(owner, romeo, Direction::Out, "m-1").await, "find")), ["r4"]);
+    assert_eq!(ids(must(s.archive_find_refs(owner, nurse, Direction::In, "m-1").await, "find")), ["r5"]);
+    assert_eq!(ids(must(s.archive_find_refs(owner, romeo, Direction::In, "m-3").await, "find")), ["r3"]);
+    assert!(must(s.archive_find_refs(owner, romeo, Direction::In, "none").await, "find").is_empty());
+    assert!(must(
+        s.archive_find_refs("arch-refs-other@conformance.example", romeo, Direction::In, "m-1").await,
+        "find"
+    )
+    .is_empty());
+}
+
+pub async fn archive_delete_all_and_retention<S: Store + ?Sized>(s: &S) {
+    let a = "arch-del-a@conformance.example";
+    let b = "arch-del-b@conformance.example";
+    let peer = "peer@conformance.example";
+    for owner in [a, b] {
+        for i in 0..5i64 {
+            let it = arch(&format!("d{i}"), peer, Direction::In, ARCHIVE_BASE_TS + i, Some("delete me"));
+            must(s.archive_append(owner, &it, None).await, "archive_append");
+        }
+    }
+    assert_eq!(must(s.archive_delete_all(a).await, "archive_delete_all"), 5, "returns how many went");
+    let q = ArchiveQuery { max: 10, ..ArchiveQuery::default() };
+    assert_eq!(found(s.archive_query(a, &q).await, "query").count, 0, "archive emptied");
+    assert!(search(s, a, "delete").await.is_empty(), "and its search index");
+    assert_eq!(found(s.archive_query(b, &q).await, "query").count, 5, "other owner untouched");
+    assert_eq!(search(s, b, "delete").await.len(), 5);
+    assert_eq!(must(s.archive_delete_all(a).await, "archive_delete_all"), 0);
+
+    // Retention, below ARCHIVE_BASE_TS so other checks' items are safe.
+    let old = |n: i64| 1_000_000 + n;
+    for owner in [a, b] {
+        for i in 0..4i64 {
+            let it = arch(&format!("old{i}"), peer, Direction::Out, old(i), Some("ancient words"));
+            must(s.archive_append(owner, &it, None).await, "archive_append");
+        }
+    }
+    assert_eq!(
+        must(s.archive_delete_before(old(2)).await, "archive_delete_before"),
+        4,
+        "two items of each owner are older than the cut (exclusive)"
+    );
+    let left = found(s.archive_query(a, &q).await, "query");
+    assert_eq!(page_ids(&left), ["old2", "old3"], "the oldest went, the rest stay");
+    let left = found(s.archive_query(b, &q).await, "query");
+    assert_eq!(page_ids(&left), ["old2", "old3", "d0", "d1", "d2", "d3", "d4"]);
+    assert_eq!(search(s, b, "ancient").await, ["old2", "old3"], "the index follows");
+    assert_eq!(must(s.archive_delete_before(old(2)).await, "archive_delete_before"), 0, "nothing more to do");
+}
+
+pub async fn delete_account_removes_archive<S: Store + ?Sized>(s: &S) {
+    let u = "arch-account@conformance.example";
+    let keep = "arch-account-keep@conformance.example";
+    let peer = "peer@conformance.example";
+    for owner in [u, keep] {
+        must(s.create_account(owner, &creds(40)).await, "create_account");
+        for i in 0..3i64 {
+            let it = arch(&format!("a{i}"), peer, Direction::In, ARCHIVE_BASE_TS + i, Some("private words"));
+            must(s.archive_append(owner, &it, Some(&format!("k{i}"))).await, "archive_append");
+        }
+    }
+    assert!(must(s.delete_account(u).await, "delete_account"), "delete returns true");
+    let q = ArchiveQuery { max: 10, ..ArchiveQuery::default() };
+    assert_eq!(found(s.archive_query(u, &q).await, "query").count, 0, "archive gone with the account");
+    assert!(search(s, u, "private").await.is_empty(), "search index gone with the account");
+    assert!(must(s.archive_get(u, "a0").await, "archive_get").is_none());
+    assert_eq!(found(s.archive_query(keep, &q).await, "query").count, 3, "other account's archive untouched");
+    assert_eq!(search(s, keep, "private").await.len(), 3);
+    // Nothing is left behind: the dedupe keys are free again.
+    let it = arch("a0", peer, Direction::In, ARCHIVE_BASE_TS, Some("fresh"));
+    assert!(must(s.archive_append(u, &it, Some("k0")).await, "archive_append"), "a re-created archive starts empty");
 }

@@ -1,8 +1,9 @@
 //! Storage traits for kabar.
 //!
-//! Every store is domain-shaped (accounts, rosters, offline queue, per-user key-value) so a backend is
-//! a new crate implementing these traits, checked by [`conformance`]. Users are addressed by their
-//! bare JID as a normalised string (`alice@localhost`); the core normalises before calling in.
+//! Every store is domain-shaped (accounts, rosters, offline queue, per-user key-value, message
+//! archive) so a backend is a new crate implementing these traits, checked by [`conformance`].
+//! Users are addressed by their bare JID as a normalised string (`alice@localhost`); the core
+//! normalises before calling in.
 //!
 //! Backends must make every successful write durable before returning: the server acknowledges
 //! stanzas only after the store said yes.
@@ -133,8 +134,158 @@ pub trait KvStore: Send + Sync {
     async fn kv_list(&self, user: &str, store: &str) -> Result<Vec<(String, Vec<u8>)>>;
 }
 
+/// Which way an archived message went, seen from the archive's owner (XEP-0313 §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Direction {
+    /// Received by the owner.
+    #[default]
+    In,
+    /// Sent by the owner.
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "in" => Some(Direction::In),
+            "out" => Some(Direction::Out),
+            _ => None,
+        }
+    }
+}
+
+/// One message in a user's archive (XEP-0313). Items are ordered by `(timestamp, id)`
+/// ("chronological order"); ids are opaque strings, unique within one owner's archive.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ArchiveItem {
+    /// The archive id (the XEP-0359 `<stanza-id/>` the server stamped). Unique per owner, never
+    /// reused by the server (ids of deleted items included).
+    pub id: String,
+    /// The peer's bare JID (the `to` of an outgoing message, the `from` of an incoming one).
+    pub with: String,
+    /// The peer's address as written in the stanza, when it had a resource.
+    pub with_full: Option<String>,
+    pub direction: Direction,
+    /// When the server received (or, for imports, the original sender sent) it: Unix microseconds.
+    pub timestamp: i64,
+    /// The stanza's `id` attribute and XEP-0359 `<origin-id/>`: what XEP-0308 corrections and
+    /// XEP-0424 retractions refer to.
+    pub message_id: Option<String>,
+    pub origin_id: Option<String>,
+    /// For a XEP-0308 correction: the id of the message it corrects.
+    pub replaces: Option<String>,
+    /// Text indexed for full-text search (normally the `<body/>`); `None` is not searchable.
+    pub body: Option<String>,
+    /// The whole serialised stanza (the `jabber:client` tree).
+    pub stanza: Vec<u8>,
+    /// The item is a XEP-0424 tombstone: `stanza` no longer holds the original content.
+    pub retracted: bool,
+}
+
+/// Where a page starts (XEP-0059 result set management over the filtered set).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum ArchiveCursor {
+    /// The first `max` items.
+    #[default]
+    Start,
+    /// The first `max` items after this id.
+    After(String),
+    /// The last `max` items (XEP-0059 empty `<before/>`).
+    End,
+    /// The last `max` items before this id.
+    Before(String),
+}
+
+/// A filter over one owner's archive plus a page position. Every filter is optional; all that are
+/// given must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ArchiveQuery {
+    /// A bare JID matches items whose `with` is it; a JID with a resource matches `with_full`.
+    pub with: Option<String>,
+    /// Unix microseconds, inclusive.
+    pub start: Option<i64>,
+    /// Unix microseconds, inclusive.
+    pub end: Option<i64>,
+    /// Only items after (exclusive) this one.
+    pub after_id: Option<String>,
+    /// Only items before (exclusive) this one.
+    pub before_id: Option<String>,
+    /// Only these items.
+    pub ids: Option<Vec<String>>,
+    /// Full-text search: whitespace-separated words, all of which must occur in the item's `body`
+    /// (case- and diacritics-insensitive, whole words); a word ending in `*` matches as a prefix,
+    /// and `"several words"` in double quotes must occur as a phrase. Punctuation separates words.
+    /// Terms with no letters or digits are ignored; a search with no usable term matches nothing.
+    pub text: Option<String>,
+    pub cursor: ArchiveCursor,
+    /// Page size; 0 asks for the count only.
+    pub max: usize,
+}
+
+/// One page of a query, in chronological order.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ArchivePage {
+    pub items: Vec<ArchiveItem>,
+    /// No matching item lies beyond this page in the paging direction (after the last item when
+    /// paging forward from `Start`/`After`, before the first when paging back from `End`/`Before`).
+    pub complete: bool,
+    /// How many items match the filter, whatever the cursor and page size.
+    pub count: u64,
+}
+
+impl ArchivePage {
+    pub fn first_id(&self) -> Option<&str> {
+        self.items.first().map(|i| i.id.as_str())
+    }
+    pub fn last_id(&self) -> Option<&str> {
+        self.items.last().map(|i| i.id.as_str())
+    }
+}
+
+/// Per-user message archives (XEP-0313), with full-text search, XEP-0308/0424 edits, and deletion
+/// for retention and account removal. `AccountStore::delete_account` also removes the archive.
+#[async_trait]
+pub trait ArchiveStore: Send + Sync {
+    /// Appends `item` to `owner`'s archive. Idempotent: returns false, changing nothing, when the
+    /// archive already holds an item with the same id or, if `dedupe_key` is given, one appended
+    /// with the same key (so an import run twice adds nothing the second time).
+    async fn archive_append(&self, owner: &str, item: &ArchiveItem, dedupe_key: Option<&str>) -> Result<bool>;
+    async fn archive_get(&self, owner: &str, id: &str) -> Result<Option<ArchiveItem>>;
+    /// One page of the items matching `query`. `Ok(None)` when an id the query names (cursor,
+    /// `after_id`, `before_id`, any of `ids`) is not in the archive (XEP-0313 item-not-found).
+    async fn archive_query(&self, owner: &str, query: &ArchiveQuery) -> Result<Option<ArchivePage>>;
+    /// The items exchanged with the bare JID `with` in `direction` whose `message_id` or
+    /// `origin_id` is `message_ref`, or that correct it (`replaces`), oldest first (at most 1000):
+    /// what a XEP-0308 correction or XEP-0424 retraction from that sender may touch.
+    async fn archive_find_refs(
+        &self,
+        owner: &str,
+        with: &str,
+        direction: Direction,
+        message_ref: &str,
+    ) -> Result<Vec<ArchiveItem>>;
+    /// Replaces an item's stanza and searchable text (a XEP-0308 correction applied). Returns
+    /// false when there is no such item or it is a tombstone (tombstones are final).
+    async fn archive_edit(&self, owner: &str, id: &str, body: Option<&str>, stanza: &[u8]) -> Result<bool>;
+    /// Turns an item into a tombstone: the stanza becomes `tombstone`, the searchable text is
+    /// dropped and `retracted` is set; id, timestamp and peer stay. Returns false when there is no
+    /// such item.
+    async fn archive_retract(&self, owner: &str, id: &str, tombstone: &[u8]) -> Result<bool>;
+    /// Empties `owner`'s archive; returns how many items went.
+    async fn archive_delete_all(&self, owner: &str) -> Result<u64>;
+    /// Removes every item (of every owner) older than `timestamp` (Unix microseconds, exclusive);
+    /// returns how many went. Retention: only the oldest items go, so archives keep no holes.
+    async fn archive_delete_before(&self, timestamp: i64) -> Result<u64>;
+}
+
 /// One backend providing every store. The binary picks the backend; everything else sees this.
-pub trait Store: AccountStore + RosterStore + OfflineStore + KvStore {}
-impl<T: AccountStore + RosterStore + OfflineStore + KvStore> Store for T {}
+pub trait Store: AccountStore + RosterStore + OfflineStore + KvStore + ArchiveStore {}
+impl<T: AccountStore + RosterStore + OfflineStore + KvStore + ArchiveStore> Store for T {}
 
 pub type SharedStore = Arc<dyn Store>;

@@ -3,6 +3,7 @@
 
 mod auth;
 mod c2s;
+mod import;
 mod component;
 mod session;
 mod stream;
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kabar_core::accounts::{self, AccountError};
 use kabar_core::sessions::LocalSessions;
+use jid::BareJid;
 use kabar_core::{Config, Server};
 use kabar_storage::SharedStore;
 use kabar_storage_sqlite::SqliteStore;
@@ -48,6 +50,36 @@ enum Command {
     /// Manage accounts; works whether the server is running or not.
     #[command(subcommand)]
     User(UserCommand),
+    /// Bring chat history from elsewhere into a user's archive.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Import a WhatsApp "Export chat" file (.txt or .zip, Android or iOS) into USER's archive as
+    /// the conversation with WITH. Importing the same export again adds nothing.
+    Whatsapp {
+        /// The kabar account whose archive receives the history (NAME or NAME@DOMAIN).
+        #[arg(long)]
+        user: String,
+        /// The address the chat partner has (or will have) here, e.g. bob@localhost.
+        #[arg(long)]
+        with: String,
+        /// Your own name as it appears in the export (the command lists the senders if left out).
+        #[arg(long)]
+        me: Option<String>,
+        /// The exporting phone's UTC offset, e.g. +07:00 (exports carry no time zone).
+        #[arg(long, default_value = "+00:00", allow_hyphen_values = true)]
+        utc_offset: String,
+        /// Date order when the export does not settle it: dmy, mdy or ymd.
+        #[arg(long)]
+        date_order: Option<String>,
+        /// The exported .txt or .zip file.
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +137,34 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(common) => serve(common).await,
         Command::User(cmd) => user(cmd).await,
+        Command::Import(ImportCommand::Whatsapp { user, with, me, utc_offset, date_order, file, common }) => {
+            let config = load_config(&common)?;
+            let store = open_store(&config.data_dir)?;
+            let owner = accounts::parse_account(&user, &config.domain)?;
+            let peer = BareJid::new(&with).map_err(|_| anyhow::anyhow!("'{with}' is not a valid address"))?;
+            let date_order = match date_order.as_deref() {
+                None => None,
+                Some("dmy") => Some(kabar_import::DateOrder::DayFirst),
+                Some("mdy") => Some(kabar_import::DateOrder::MonthFirst),
+                Some("ymd") => Some(kabar_import::DateOrder::YearFirst),
+                Some(other) => bail!("--date-order must be dmy, mdy or ymd, not '{other}'"),
+            };
+            let job = import::WhatsappImport {
+                store: &store,
+                owner,
+                peer,
+                file: &file,
+                me,
+                utc_offset_minutes: import::parse_utc_offset(&utc_offset)?,
+                date_order,
+            };
+            let s = job.run().await?;
+            println!(
+                "imported {} messages, {} already present, {} system lines skipped, {} malformed lines (listed above)",
+                s.imported, s.already_present, s.system_lines, s.malformed
+            );
+            Ok(())
+        }
     }
 }
 
