@@ -20,6 +20,7 @@ pub struct Config {
     pub components: ComponentsConfig,
     pub ping: PingConfig,
     pub stream_management: StreamManagementConfig,
+    pub archive: ArchiveConfig,
     pub log: LogConfig,
 }
 
@@ -35,6 +36,7 @@ impl Default for Config {
             components: ComponentsConfig::default(),
             ping: PingConfig::default(),
             stream_management: StreamManagementConfig::default(),
+            archive: ArchiveConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -202,6 +204,14 @@ impl Default for StreamManagementConfig {
     fn default() -> Self {
         StreamManagementConfig { resume_timeout_secs: 300 }
     }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Delete archived messages (XEP-0313) older than this many days; 0 keeps them forever.
+    /// Checked at start and then hourly.
+    pub retention_days: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

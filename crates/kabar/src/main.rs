@@ -250,6 +250,9 @@ async fn serve(common: Common) -> Result<()> {
     for l in components {
         tasks.spawn(accept_components(l, server.clone()));
     }
+    if config.archive.retention_days > 0 {
+        tasks.spawn(archive_retention(server.clone(), Duration::from_secs(config.archive.retention_days * 86_400)));
+    }
     let list = |a: &[SocketAddr]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     info!(
         "kabar listening for {}: c2s STARTTLS on {} | direct TLS on {}{} | data in {} | add users with `kabar user add NAME@{}`, then log in with any XMPP client{}",
@@ -271,6 +274,18 @@ async fn serve(common: Common) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+async fn archive_retention(server: Arc<Server>, keep: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match kabar_modules::mam::apply_retention(&server, keep).await {
+            Ok(n) if n > 0 => info!(deleted = n, "archive retention applied"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "archive retention failed"),
+        }
+    }
 }
 
 async fn accept_c2s(listener: TcpListener, c2s: Arc<c2s::C2s>, direct_tls: bool) {

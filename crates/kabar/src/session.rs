@@ -494,8 +494,9 @@ impl Session {
             }
         }
         let mut rerouted = 0usize;
+        let own = self.jid.to_bare();
         for el in undelivered {
-            if Kind::of(&el) == Some(Kind::Message) && el.attr("type") != Some("error") {
+            if is_reroutable(&el, &own) {
                 self.server.route(el).await;
                 rerouted += 1;
             }
@@ -518,6 +519,19 @@ fn ack(sm: &mut Sm, h: u32) -> bool {
     }
     sm.unacked.drain(..newly);
     true
+}
+
+/// Only messages someone sent to this user go back through routing. Copies the server made for
+/// this session (carbons and archive results, which come from the user's own bare JID or carry no
+/// sender) and errors are not messages anyone is waiting for.
+fn is_reroutable(el: &Element, own: &BareJid) -> bool {
+    if Kind::of(el) != Some(Kind::Message) || el.attr("type") == Some("error") {
+        return false;
+    }
+    match el.attr("from") {
+        None => false,
+        Some(from) => from != own.as_str(),
+    }
 }
 
 /// XEP-0352 server policy: availability updates wait while the client is inactive (the latest per
@@ -564,6 +578,21 @@ mod tests {
         assert_eq!(sm.unacked.len(), 3);
         assert!(ack(&mut sm, 2));
         assert!(sm.unacked.is_empty());
+    }
+
+    #[test]
+    fn xep0198_server_made_copies_are_not_rerouted() {
+        let own = BareJid::new("alice@localhost").expect("valid");
+        let from_bob = elem("message", ns::CLIENT).with_attr("from", "bob@localhost/x").with_attr("to", "alice@localhost/a");
+        let carbon = elem("message", ns::CLIENT).with_attr("from", "alice@localhost").with_attr("to", "alice@localhost/a");
+        let mam_result = elem("message", ns::CLIENT).with_attr("to", "alice@localhost/a");
+        let own_other_resource = elem("message", ns::CLIENT).with_attr("from", "alice@localhost/b");
+        assert!(is_reroutable(&from_bob, &own));
+        assert!(is_reroutable(&own_other_resource, &own));
+        assert!(!is_reroutable(&carbon, &own));
+        assert!(!is_reroutable(&mam_result, &own));
+        assert!(!is_reroutable(&from_bob.clone().with_attr("type", "error"), &own));
+        assert!(!is_reroutable(&elem("presence", ns::CLIENT).with_attr("from", "bob@localhost"), &own));
     }
 
     #[test]
