@@ -51,8 +51,9 @@ def server(request, tmp_path):
         if code is not None:
             crashed.append((srv, code))
         srv.close()
+    panics = [(srv, line) for srv in created for line in srv.log().splitlines() if "panicked at" in line]
     rep = getattr(request.node, "rep_call", None)
-    if crashed or (rep is not None and rep.failed):
+    if crashed or panics or (rep is not None and rep.failed):
         ARTIFACTS.mkdir(exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)[-150:]
         for i, srv in enumerate(created):
@@ -61,7 +62,12 @@ def server(request, tmp_path):
         (ARTIFACTS / f"{name}.transcript.txt").write_text("\n".join(harness.TRANSCRIPT) + "\n")
     if crashed:
         srv, code = crashed[0]
-        pytest.fail(f"kabar exited by itself with code {code} during the test:\n{srv.log_tail(80)}")
+        why = ("it shut down cleanly although the harness did not stop it: a SIGTERM/SIGINT from another "
+               "process on this machine?" if code == 0 else "crash?")
+        pytest.fail(f"kabar exited by itself with code {code} during the test ({why}):\n{srv.log_tail(80)}")
+    if panics:
+        pytest.fail("kabar panicked during the test (it kept running, but a panic is a bug):\n"
+                    + "\n".join(line for _, line in panics[:5]))
 
 
 @pytest.fixture

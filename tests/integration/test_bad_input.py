@@ -2,8 +2,6 @@
 while everyone else carries on. Each test keeps a separately logged-in witness (carol) and checks she can
 message herself before and after."""
 
-import os
-
 import pytest
 
 from harness import DEFAULT_USERS, NS, StreamClosed, stream_header
@@ -51,12 +49,12 @@ def test_billion_laughs_is_restricted_xml(kabar, witness):
 
 
 @pytest.mark.parametrize("stage", ["pre-tls", "authenticated"])
-@pytest.mark.parametrize("what,payload", [
-    ("comment", "<!-- a comment -->"),
-    ("processing-instruction", "<?evil instruction?>"),
-    ("comment-inside-stanza", "<message to='carol@localhost'><body>x</body><!-- hi --></message>"),
+@pytest.mark.parametrize("payload", [
+    pytest.param("<!-- a comment -->", id="comment"),
+    pytest.param("<?evil instruction?>", id="processing-instruction"),
+    pytest.param("<message to='carol@localhost'><body>x</body><!-- hi --></message>", id="comment-inside-stanza"),
 ])
-def test_comments_and_processing_instructions_are_restricted_xml(kabar, witness, stage, what, payload):
+def test_comments_and_processing_instructions_are_restricted_xml(kabar, witness, stage, payload):
     """RFC 6120 §11.1 / §4.9.3.18: comments and processing instructions inside the stream →
     <restricted-xml/>."""
     raw = _stage(kabar, stage)
@@ -79,14 +77,14 @@ def test_undeclared_entity_reference_is_refused(kabar, witness):
 # -- RFC 6120 §4.9.3.13 <not-well-formed/>
 
 @pytest.mark.parametrize("stage", ["pre-tls", "authenticated"])
-@pytest.mark.parametrize("what,payload", [
-    ("mismatched-tags", b"<message to='carol@localhost'><body>oops</message>"),
-    ("duplicate-attribute", b"<message to='carol@localhost' to='bob@localhost'><body>x</body></message>"),
-    ("control-character", b"<message to='carol@localhost'><body>\x01</body></message>"),
-    ("unbound-prefix", b"<message to='carol@localhost'><foo:body>x</foo:body></message>"),
-    ("bad-attribute-quoting", b"<message to=carol@localhost><body>x</body></message>"),
+@pytest.mark.parametrize("payload", [
+    pytest.param(b"<message to='carol@localhost'><body>oops</message>", id="mismatched-tags"),
+    pytest.param(b"<message to='carol@localhost' to='bob@localhost'><body>x</body></message>", id="duplicate-attribute"),
+    pytest.param(b"<message to='carol@localhost'><body>\x01</body></message>", id="control-character"),
+    pytest.param(b"<message to='carol@localhost'><foo:body>x</foo:body></message>", id="unbound-prefix"),
+    pytest.param(b"<message to=carol@localhost><body>x</body></message>", id="bad-attribute-quoting"),
 ])
-def test_malformed_xml_is_not_well_formed(kabar, witness, stage, what, payload):
+def test_malformed_xml_is_not_well_formed(kabar, witness, stage, payload):
     """RFC 6120 §4.9.3.13: XML that violates well-formedness (or namespace well-formedness) →
     <not-well-formed/>, and nothing of it is delivered."""
     raw = _stage(kabar, stage)
@@ -106,16 +104,29 @@ def test_invalid_utf8_is_refused(kabar, witness):
     witness.assert_works()
 
 
-def test_random_bytes_on_the_starttls_port_close_only_that_connection(kabar, witness):
-    """RFC 6120 §4.9.3.13: binary garbage (here a TLS ClientHello-like blob sent where XML is expected)
-    ends that connection; everyone else carries on."""
+@pytest.mark.parametrize("payload", [
+    pytest.param(b"hello world", id="text-before-the-root"),
+    pytest.param(b"\xff\xfe\xfd", id="invalid-utf8-before-the-root"),
+    pytest.param(b"  \x01<stream>", id="control-character-before-the-root"),
+])
+def test_garbage_instead_of_a_stream_header_is_refused_at_once(kabar, witness, payload):
+    """RFC 6120 §4.9.3.13 (and §4.9.3.22 for bytes that are not UTF-8): input that cannot begin an XML
+    document — binary, text before the root element, invalid UTF-8 — is refused as soon as it is read
+    (not left hanging until the unauthenticated timeout), and everyone else carries on."""
     raw = kabar.raw()
-    raw.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(500))
-    try:
-        assert raw.expect_stream_error() in ("not-well-formed", "unsupported-encoding")
-    except AssertionError:
-        assert raw.eof, "the server neither sent a stream error nor closed the connection"
+    raw.send(payload)
+    assert raw.expect_stream_error() in ("not-well-formed", "unsupported-encoding")
     assert raw.wait_closed()
+    witness.assert_works()
+
+
+def test_tls_client_hello_on_the_starttls_port_gets_direct_tls(kabar, witness):
+    """XEP-0368 leniency: a client that starts TLS straight away on the STARTTLS port (several try
+    direct TLS first) gets a TLS handshake there instead of an error, then a normal stream."""
+    raw = kabar.raw(direct_tls=True, port=kabar.c2s_port)
+    features = raw.open()
+    assert "SCRAM-SHA-256" in raw.mechanisms, f"no SASL after direct TLS on the STARTTLS port: {features}"
+    raw.close()
     witness.assert_works()
 
 
@@ -170,6 +181,20 @@ def test_oversized_stanza_is_policy_violation(server):
     assert raw.wait_closed()
     witness.assert_works()
     witness.expect_no_message(frm="alice@localhost")
+
+
+def test_oversized_stream_header_is_policy_violation(server):
+    """RFC 6120 §13.12 (resource exhaustion) / §4.9.3.17: the stream header is bounded like a stanza —
+    an unauthenticated peer must not make the server buffer an endless <stream:stream ...> (here 20 kB of
+    attributes against max_stanza_bytes = 8192)."""
+    srv = server(config={"limits": {"max_stanza_bytes": 8192}})
+    witness = srv.client("carol", name="witness")
+    raw = srv.raw()
+    header = stream_header().rstrip(">")
+    raw.send(header + " " + " ".join(f"a{i}='b'" for i in range(2500)))
+    assert raw.expect_stream_error() == "policy-violation"
+    assert raw.wait_closed()
+    witness.assert_works()
 
 
 def test_too_deep_xml_is_policy_violation(server):

@@ -169,3 +169,30 @@ def test_certificate_is_valid_for_the_domain_and_signed_by_the_generated_ca(kaba
             raw.starttls()
         assert raw.tls is not None
         raw.close()
+
+
+def test_repeated_failures_from_one_address_are_throttled(server):
+    """RFC 6120 §6.5.11 <temporary-auth-failure/> and §13.9.1 (dictionary attacks): past
+    limits.auth_failures_per_ip_per_minute, even a correct password is refused for a while."""
+    srv = server(config={"limits": {"auth_failures_per_ip_per_minute": 3,
+                                    "auth_failures_per_account_per_minute": 100}})
+    for i in range(3):
+        with pytest.raises(LoginFailed):
+            srv.client("alice", password=f"guess-{i}", mechanisms=["PLAIN"], name=f"guess{i}")
+    with pytest.raises(LoginFailed) as failed:
+        srv.client("bob", mechanisms=["PLAIN"])
+    assert failed.value.condition == "temporary-auth-failure", failed.value
+
+
+def test_repeated_failures_for_one_account_are_throttled(server):
+    """RFC 6120 §6.5.11 / §13.9.1: past limits.auth_failures_per_account_per_minute that account is
+    refused with <temporary-auth-failure/> while other accounts still log in."""
+    srv = server(config={"limits": {"auth_failures_per_ip_per_minute": 100,
+                                    "auth_failures_per_account_per_minute": 2}})
+    for i in range(2):
+        with pytest.raises(LoginFailed):
+            srv.client("alice", password=f"guess-{i}", mechanisms=["SCRAM-SHA-256"], name=f"guess{i}")
+    with pytest.raises(LoginFailed) as failed:
+        srv.client("alice", mechanisms=["SCRAM-SHA-256"])
+    assert failed.value.condition == "temporary-auth-failure", failed.value
+    srv.client("bob").assert_works()

@@ -77,3 +77,20 @@ def test_offline_messages_are_advertised_in_disco(kabar):
     features = {f.get("var") for f in alice.disco_info("localhost").findall("disco_info:query/disco_info:feature")}
     assert "msgoffline" in features, sorted(features)
     assert NS["disco_info"] in features
+
+
+def test_only_storable_messages_are_kept_offline(server):
+    """XEP-0160 §3 / RFC 6121 §8.5.2.2: 'normal' and 'chat' messages with a body are stored; 'headline',
+    'groupchat' and 'error' messages are not (and are not bounced as stored either)."""
+    srv = server()
+    alice = srv.client("alice")
+    alice.message("bob@localhost", "a headline", type="headline")
+    alice.message("bob@localhost", "a groupchat", type="groupchat")
+    alice.send("<message to='bob@localhost' type='error' id='e1'><body>an error</body><error type='cancel'>"
+               "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    alice.message("bob@localhost", "a normal one", type="normal")
+    alice.sync()
+    bob = srv.client("bob")
+    bob.expect_message(frm="alice@localhost", body="a normal one")
+    bob.expect_none(lambda s: s.name == "message" and s.body in ("a headline", "a groupchat", "an error"),
+                    "a headline, groupchat or error message from the offline store")

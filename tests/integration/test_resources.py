@@ -78,3 +78,17 @@ def test_two_resources_of_one_account_coexist(kabar, mechanism):
     b = kabar.client("alice/b", mechanisms=[mechanism])
     a.message(b.jid, "hop")
     b.expect_message(frm=a.jid, body="hop")
+
+
+def test_invalid_resource_is_bad_request(kabar):
+    """RFC 6120 §7.7.2.1 / RFC 7622 §3.4: a resourcepart longer than 1023 bytes is invalid →
+    <bad-request/>; the stream stays usable for a valid bind."""
+    raw = kabar.raw()
+    raw.open()
+    raw.starttls()
+    assert raw.auth_scram("alice", DEFAULT_USERS["alice"]).ok
+    raw.restart()
+    answer = raw.bind("r" * 1100)
+    assert answer.type == "error" and answer.error_condition == "bad-request", answer
+    assert raw.bind("fine").type == "result"
+    raw.message_self_roundtrip()

@@ -112,3 +112,16 @@ def test_roster_versioning(kabar):
     items = stale.findall("roster:query/roster:item")
     if not any(i.get("jid") == "bob@localhost" for i in items):
         alice.expect_roster_push("bob@localhost")  # the other allowed answer: the change as a push
+
+
+def test_client_cannot_set_the_subscription_state(kabar):
+    """RFC 6121 §2.1.2.5: a roster set may only use subscription='remove'; any other value is ignored
+    (or refused) — a client cannot grant itself a subscription."""
+    alice = kabar.client("alice")
+    answer = alice.roster_set("bob@localhost", name="Bob", subscription="both")
+    if answer.type == "result":
+        item = _item(alice.expect_roster_push("bob@localhost"))
+        assert item.get("subscription", "none") == "none", item.attrib
+        assert alice.subscription_to("bob@localhost") == ("none", None)
+    else:
+        assert answer.error_condition == "bad-request", answer

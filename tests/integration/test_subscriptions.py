@@ -159,3 +159,33 @@ def test_subscription_request_to_offline_user_is_delivered_at_login(server):
     alice.sync()
     bob = srv.client("bob")
     bob.expect_presence(frm="alice@localhost", type="subscribe")
+
+
+def test_pre_approved_subscription_is_granted_without_asking(kabar):
+    """RFC 6121 §3.4 (pre-approval, advertised as <sub xmlns='urn:xmpp:features:pre-approval'/>): bob
+    approves alice before she asks; her later request is answered 'subscribed' by the server without
+    bob being asked, and the items become to/from."""
+    bob = kabar.client("bob")
+    alice = kabar.client("alice")
+    assert "preapproval" in bob.features, "pre-approval stream feature not advertised"
+    bob.presence(to="alice@localhost", type="subscribed")
+    push = bob.expect_roster_push("alice@localhost")
+    assert push.find("roster:query/roster:item").get("approved") == "true", push
+    alice.presence(to="bob@localhost", type="subscribe")
+    alice.expect_presence(frm="bob@localhost", type="subscribed")
+    bob.expect_no_presence(frm="alice@localhost", type="subscribe")
+    assert alice.subscription_to("bob@localhost") == ("to", None)
+    assert bob.subscription_to("alice@localhost") == ("from", None)
+
+
+def test_directed_presence_reaches_a_non_contact_and_is_revoked_on_logout(kabar):
+    """RFC 6121 §4.6: directed presence is delivered to its target even without a subscription, and when
+    the sender goes offline the server sends that target 'unavailable' (§4.6.3)."""
+    alice = kabar.client("alice")
+    carol = kabar.client("carol")
+    alice.presence(to=carol.jid, status="psst")
+    seen = carol.expect_presence(frm=alice.jid, type=None)
+    assert seen.find("client:status").text == "psst"
+    alice_jid = alice.jid
+    alice.disconnect()
+    carol.expect_presence(frm=alice_jid, type="unavailable")

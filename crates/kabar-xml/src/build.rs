@@ -13,6 +13,8 @@ pub trait ElementExt: Sized {
     /// (impossible for the literals used) is ignored rather than panicking.
     fn set_attr_str(&mut self, name: &str, value: impl Into<String>);
     fn remove_attr_str(&mut self, name: &str) -> Option<String>;
+    /// Sets `xml:lang`.
+    fn set_xml_lang(&mut self, lang: &str);
     fn with_attr(mut self, name: &str, value: impl Into<String>) -> Self {
         self.set_attr_str(name, value);
         self
@@ -25,6 +27,12 @@ impl ElementExt for Element {
     fn set_attr_str(&mut self, name: &str, value: impl Into<String>) {
         if let Ok(name) = NcName::try_from(name) {
             self.attrs_mut().insert(Namespace::none().clone(), name, value.into());
+        }
+    }
+
+    fn set_xml_lang(&mut self, lang: &str) {
+        if let Ok(name) = NcName::try_from("lang") {
+            self.attrs_mut().insert(Namespace::xml().clone(), name, lang.to_string());
         }
     }
 

@@ -79,6 +79,8 @@ pub struct StreamFramer {
     closed: bool,
     stanza_bytes: usize,
     failed: Option<FramerError>,
+    /// A `<` arrived (before it, only whitespace is allowed).
+    seen_markup: bool,
     /// (namespace on the wire, namespace handed to the core): lets component streams
     /// (`jabber:component:accept`) feed the same core as client streams.
     alias: Option<(&'static str, &'static str)>,
@@ -88,6 +90,7 @@ impl StreamFramer {
     pub fn new(limits: Limits) -> Self {
         StreamFramer {
             alias: None,
+            seen_markup: false,
             parser: new_parser(limits),
             limits,
             stack: Vec::new(),
@@ -132,6 +135,16 @@ impl StreamFramer {
     }
 
     fn feed_inner(&mut self, data: &mut &[u8], out: &mut Vec<StreamEvent>) -> Result<(), FramerError> {
+        if !self.root_open && !self.seen_markup {
+            // Before the first `<` only whitespace may come (XML 1.0 §2.8, a BOM aside). The parser
+            // would otherwise wait for a `<` that never comes.
+            let rest = data.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(data);
+            match rest.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(i) if rest[i] == b'<' => self.seen_markup = true,
+                Some(_) => return Err(FramerError::NotWellFormed("text before the stream header".into())),
+                None => {}
+            }
+        }
         loop {
             if self.closed && !data.is_empty() {
                 if data.iter().all(u8::is_ascii_whitespace) {
@@ -156,10 +169,9 @@ impl StreamFramer {
         }
     }
 
+    /// Counts bytes towards the current stanza, or towards the stream header before the root is
+    /// open: both are bounded by `max_stanza_bytes`.
     fn count(&mut self, consumed: usize) -> Result<(), FramerError> {
-        if !self.root_open {
-            return Ok(());
-        }
         self.stanza_bytes = self.stanza_bytes.saturating_add(consumed);
         if self.stanza_bytes > self.limits.max_stanza_bytes {
             return Err(FramerError::StanzaTooLarge(self.limits.max_stanza_bytes));
@@ -334,6 +346,29 @@ mod tests {
         }
         let events = feed_all(&mut framer, &chunks).expect("each stanza is small");
         assert_eq!(events.len(), 101);
+    }
+
+    #[test]
+    fn rfc6120_4_9_3_13_text_before_the_header_is_refused_at_once() {
+        for bad in [&b"hello world"[..], b"\xff\xfe\xfd", b"  \x01<stream>"] {
+            let mut framer = StreamFramer::new(Limits::default());
+            let err = feed_all(&mut framer, &[bad]).expect_err("refused");
+            assert_eq!(err.condition(), "not-well-formed", "{bad:?}");
+        }
+        let mut framer = StreamFramer::new(Limits::default());
+        assert!(feed_all(&mut framer, &[b"  "]).is_ok(), "whitespace alone waits for more");
+    }
+
+    #[test]
+    fn rfc6120_4_9_3_12_oversized_stream_header_is_policy_violation() {
+        let limits = Limits { max_stanza_bytes: 2000, max_depth: 8 };
+        let mut framer = StreamFramer::new(limits);
+        let mut header = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'".to_vec();
+        for i in 0..500 {
+            header.extend_from_slice(format!(" a{i}='b'").as_bytes());
+        }
+        let err = feed_all(&mut framer, &[&header]).expect_err("too big");
+        assert_eq!(err.condition(), "policy-violation");
     }
 
     #[test]

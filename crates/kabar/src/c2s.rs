@@ -113,7 +113,7 @@ impl C2s {
                             conn.cb = self.tls.channel_bindings(tls.get_ref().1);
                             io = Io::Tls(Box::new(tls));
                             conn.reader.reset();
-                            conn.writer = Writer::new(StreamWriter::new());
+                            conn.writer.reset();
                             conn.stream_id = random_id(16);
                         }
                         Ok(Err(e)) => return debug!(error = %e, "TLS handshake after STARTTLS failed"),
@@ -235,7 +235,7 @@ impl C2s {
                     Ok(Some(jid)) => {
                         conn.authed = Some(jid);
                         conn.reader.reset();
-                        conn.writer = Writer::new(StreamWriter::new());
+                        conn.writer.reset();
                         conn.stream_id = random_id(16);
                         return Round::Restart;
                     }

@@ -7,15 +7,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use kabar_core::ns;
-use kabar_xml::{elem, Element, ElementExt, FramerError, HeaderAttrs, StreamEvent, StreamFramer, StreamWriter};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::BytesMut;
+use kabar_xml::{elem, element_to_bytes, Element, ElementExt, FramerError, HeaderAttrs, StreamEvent, StreamFramer, StreamWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-/// A TCP connection, plain or TLS.
+/// A client connection: TCP (plain or TLS), or one end of a pipe whose other end is a WebSocket
+/// or BOSH bridge (see `http::framing`).
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Pipe(DuplexStream),
 }
 
 impl AsyncRead for Io {
@@ -23,6 +26,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Pipe(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -32,18 +36,21 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Pipe(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Pipe(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Pipe(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -108,32 +115,87 @@ impl Reader {
     }
 }
 
+/// Separates messages on a framed transport's pipe. NUL can never occur in XML 1.0 output, so the
+/// bridge on the other end splits on it without parsing.
+pub const FRAME_END: u8 = 0;
+/// RFC 7395 framing namespace (`<open/>`, `<close/>`).
+pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+
+enum Mode {
+    /// One XML document per stream (TCP).
+    Stream(StreamWriter),
+    /// One standalone element per message, each followed by [`FRAME_END`] (RFC 7395 WebSocket,
+    /// XEP-0206 BOSH): the header is `<open/>`, the end `<close/>`.
+    Framed(BytesMut),
+}
+
 /// The writing half: elements → bytes on the socket.
 pub struct Writer {
-    sw: StreamWriter,
+    mode: Mode,
     pub header_sent: bool,
     closed: bool,
 }
 
 impl Writer {
     pub fn new(sw: StreamWriter) -> Self {
-        Writer { sw, header_sent: false, closed: false }
+        Writer { mode: Mode::Stream(sw), header_sent: false, closed: false }
+    }
+
+    pub fn framed() -> Self {
+        Writer { mode: Mode::Framed(BytesMut::new()), header_sent: false, closed: false }
+    }
+
+    /// A fresh writer of the same kind, for a stream restart.
+    pub fn reset(&mut self) {
+        *self = match self.mode {
+            Mode::Stream(_) => Writer::new(StreamWriter::new()),
+            Mode::Framed(_) => Writer::framed(),
+        };
+    }
+
+    fn frame(buf: &mut BytesMut, el: &Element) -> io::Result<()> {
+        buf.extend_from_slice(&element_to_bytes(el).map_err(io::Error::other)?);
+        buf.extend_from_slice(&[FRAME_END]);
+        Ok(())
+    }
+
+    fn write_header(&mut self, attrs: &HeaderAttrs<'_>) -> io::Result<()> {
+        match &mut self.mode {
+            Mode::Stream(sw) => sw.open(attrs).map_err(io::Error::other)?,
+            Mode::Framed(buf) => {
+                let mut open = elem("open", NS_FRAMING).with_attr("id", attrs.id).with_attr("version", attrs.version.unwrap_or("1.0"));
+                if let Some(from) = attrs.from {
+                    open.set_attr_str("from", from);
+                }
+                if let Some(lang) = attrs.lang {
+                    open.set_xml_lang(lang);
+                }
+                Writer::frame(buf, &open)?;
+            }
+        }
+        self.header_sent = true;
+        Ok(())
     }
 
     pub async fn header<W: AsyncWrite + Unpin>(&mut self, io: &mut W, attrs: &HeaderAttrs<'_>) -> io::Result<()> {
-        self.sw.open(attrs).map_err(io::Error::other)?;
-        self.header_sent = true;
+        self.write_header(attrs)?;
         self.flush(io).await
     }
 
     /// Queues an element without writing (batching several stanzas into one write).
     pub fn queue(&mut self, el: &Element) -> io::Result<()> {
-        self.sw.element(el).map_err(io::Error::other)
+        match &mut self.mode {
+            Mode::Stream(sw) => sw.element(el).map_err(io::Error::other),
+            Mode::Framed(buf) => Writer::frame(buf, el),
+        }
     }
 
     pub async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
-        if self.sw.has_pending() {
-            let bytes = self.sw.take();
+        let bytes = match &mut self.mode {
+            Mode::Stream(sw) => sw.has_pending().then(|| sw.take()),
+            Mode::Framed(buf) => (!buf.is_empty()).then(|| buf.split()),
+        };
+        if let Some(bytes) = bytes {
             io.write_all(&bytes).await?;
         }
         io.flush().await
@@ -157,25 +219,27 @@ impl Writer {
             return Ok(());
         }
         if !self.header_sent {
-            self.sw.open(header).map_err(io::Error::other)?;
-            self.header_sent = true;
+            self.write_header(header)?;
         }
         let mut error = elem("error", ns::STREAMS).with_child(elem(condition, ns::STREAM_ERRORS));
         if let Some(text) = text {
             error.append_child(elem("text", ns::STREAM_ERRORS).with_text(text));
         }
-        self.sw.element(&error).map_err(io::Error::other)?;
+        self.queue(&error)?;
         self.close(io).await
     }
 
-    /// Sends `</stream:stream>` once.
+    /// Ends the stream once (`</stream:stream>` or `<close/>`).
     pub async fn close<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
         if self.closed {
             return Ok(());
         }
         self.closed = true;
         if self.header_sent {
-            self.sw.close().map_err(io::Error::other)?;
+            match &mut self.mode {
+                Mode::Stream(sw) => sw.close().map_err(io::Error::other)?,
+                Mode::Framed(buf) => Writer::frame(buf, &elem("close", NS_FRAMING))?,
+            }
         }
         self.flush(io).await?;
         let _ = io.shutdown().await;
