@@ -11,6 +11,7 @@ pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod rostermanager;
@@ -37,6 +38,7 @@ pub fn default_modules(config: &Config) -> Vec<Arc<dyn Module>> {
         // Before carbons and offline: they copy or store the message with its archive stanza-id.
         Arc::new(mam::MamModule::new()),
         Arc::new(carbons::CarbonsModule::new()),
+        Arc::new(push::PushModule::new()),
         // Last: modules above may observe presence; presence answers Handled for all of it.
         Arc::new(roster::RosterModule::new()),
         Arc::new(presence::PresenceModule::new()),
