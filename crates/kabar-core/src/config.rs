@@ -14,6 +14,7 @@ pub struct Config {
     /// Folder for every piece of state: database, generated TLS certificate. `--data` overrides it.
     pub data_dir: PathBuf,
     pub c2s: C2sConfig,
+    pub http: HttpConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
@@ -30,6 +31,7 @@ impl Default for Config {
             domain: "localhost".into(),
             data_dir: PathBuf::from("kabar-data"),
             c2s: C2sConfig::default(),
+            http: HttpConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
@@ -65,6 +67,32 @@ impl Default for C2sConfig {
             direct_tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
             require_encryption: true,
             resource_conflict: ResourceConflict::Replace,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HTTPS addresses (same certificate as XMPP) serving XMPP over WebSocket (RFC 7395) at
+    /// `/xmpp-websocket`, BOSH (XEP-0206) at `/http-bind`, host-meta (XEP-0156) and health checks.
+    pub listen: Vec<SocketAddr>,
+    /// The address clients use to reach this listener, for XEP-0156 discovery. Default:
+    /// `https://<domain>:<port of the first listen address>`.
+    pub public_url: Option<String>,
+    /// Seconds a BOSH request may be held waiting for data (the client's `wait` is capped to it).
+    pub bosh_max_wait_secs: u64,
+    /// Seconds a BOSH session lives without any request before it ends.
+    pub bosh_inactivity_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5443))],
+            public_url: None,
+            bosh_max_wait_secs: 60,
+            bosh_inactivity_secs: 60,
         }
     }
 }

@@ -44,6 +44,11 @@ pub(crate) struct Conn {
     pub(crate) deadline: Instant,
 }
 
+enum Transport {
+    Tcp { tcp: TcpStream, direct_tls: bool },
+    Framed { pipe: tokio::io::DuplexStream, cb: ChannelBindings },
+}
+
 pub(crate) enum Round {
     Restart,
     StartTls,
@@ -64,11 +69,17 @@ pub(crate) struct Bound {
 impl C2s {
     pub async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
         let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
-        self.run(tcp, peer, direct_tls).instrument(span).await;
+        self.run(Transport::Tcp { tcp, direct_tls }, peer).instrument(span).await;
     }
 
-    async fn run(&self, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
-        let _ = tcp.set_nodelay(true);
+    /// A client on a framed transport (WebSocket, BOSH): `pipe` carries the bridge's bytes; the
+    /// HTTPS connection under it is already encrypted, with these channel bindings.
+    pub async fn handle_framed(self: Arc<Self>, pipe: tokio::io::DuplexStream, peer: SocketAddr, cb: ChannelBindings, kind: &'static str) {
+        let span = tracing::info_span!("c2s", %peer, transport = kind, jid = tracing::field::Empty);
+        self.run(Transport::Framed { pipe, cb }, peer).instrument(span).await;
+    }
+
+    async fn run(&self, transport: Transport, peer: SocketAddr) {
         let config = &self.server.config;
         let limits = Limits { max_stanza_bytes: config.limits.max_stanza_bytes, max_depth: config.limits.max_xml_depth };
         let deadline = Instant::now() + Duration::from_secs(config.limits.unauthenticated_timeout_secs);
@@ -84,12 +95,22 @@ impl C2s {
             peer,
             deadline,
         };
+        let (tcp, direct_tls) = match transport {
+            Transport::Tcp { tcp, direct_tls } => (tcp, direct_tls),
+            Transport::Framed { pipe, cb } => {
+                conn.secure = true;
+                conn.cb = cb;
+                conn.writer = Writer::framed();
+                return self.negotiate_and_serve(conn, Io::Pipe(pipe)).await;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
         // Clients that try direct TLS on the STARTTLS port (several do, before falling back) get
         // TLS: a TLS record starts with 0x16, an XML stream never does.
         let mut first = [0u8; 1];
         let direct_tls = direct_tls
             || matches!(timeout_at(deadline, tcp.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16);
-        let mut io = if direct_tls {
+        let io = if direct_tls {
             match timeout_at(deadline, self.tls.acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     conn.secure = true;
@@ -102,6 +123,11 @@ impl C2s {
         } else {
             Io::Plain(tcp)
         };
+        self.negotiate_and_serve(conn, io).await;
+    }
+
+    async fn negotiate_and_serve(&self, mut conn: Conn, mut io: Io) {
+        let deadline = conn.deadline;
         let bound = loop {
             match self.round(&mut conn, &mut io).await {
                 Round::Restart => continue,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod c2s;
+mod http;
 mod import;
 mod component;
 mod session;
@@ -234,6 +235,7 @@ async fn serve(common: Common) -> Result<()> {
 
     let starttls = bind_all(&config.c2s.listen, "client connections (STARTTLS)").await?;
     let direct = bind_all(&config.c2s.direct_tls_listen, "client connections (direct TLS)").await?;
+    let https = bind_all(&config.http.listen, "HTTPS (WebSocket, BOSH)").await?;
     let components = if config.components.component.is_empty() {
         Vec::new()
     } else {
@@ -250,15 +252,20 @@ async fn serve(common: Common) -> Result<()> {
     for l in components {
         tasks.spawn(accept_components(l, server.clone()));
     }
+    let http_state = http::HttpState::new(c2s.clone());
+    for l in https {
+        tasks.spawn(http::serve(l, http_state.clone(), tls.clone()));
+    }
     if config.archive.retention_days > 0 {
         tasks.spawn(archive_retention(server.clone(), Duration::from_secs(config.archive.retention_days * 86_400)));
     }
     let list = |a: &[SocketAddr]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     info!(
-        "kabar listening for {}: c2s STARTTLS on {} | direct TLS on {}{} | data in {} | add users with `kabar user add NAME@{}`, then log in with any XMPP client{}",
+        "kabar listening for {}: c2s STARTTLS on {} | direct TLS on {} | HTTPS (WebSocket, BOSH) on {}{} | data in {} | add users with `kabar user add NAME@{}`, then log in with any XMPP client{}",
         config.domain,
         list(&config.c2s.listen),
         list(&config.c2s.direct_tls_listen),
+        list(&config.http.listen),
         if config.components.component.is_empty() { String::new() } else { format!(" | components on {}", list(&config.components.listen)) },
         config.data_dir.display(),
         config.domain,
