@@ -14,7 +14,7 @@ mod writer;
 
 pub use framer::{FramerError, Limits, StreamEvent, StreamFramer, StreamHeader};
 pub use minidom::Element;
-pub use writer::{element_to_bytes, HeaderAttrs, StreamWriter, WriteError};
+pub use writer::{element_to_bytes, element_to_bytes_with_prefixes, HeaderAttrs, StreamWriter, WriteError};
 
 /// `http://etherx.jabber.org/streams`
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";

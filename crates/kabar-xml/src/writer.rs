@@ -134,7 +134,19 @@ fn write_element(
 
 /// Serialises a single element on its own (declaring its namespace), e.g. for storage.
 pub fn element_to_bytes(el: &Element) -> Result<Vec<u8>, WriteError> {
+    element_to_bytes_with_prefixes(el, &[])
+}
+
+/// Like [`element_to_bytes`], declaring `(prefix, namespace)` pairs on the root so attributes in
+/// those namespaces use the conventional prefix (e.g. BOSH's `xmpp:version`).
+pub fn element_to_bytes_with_prefixes(el: &Element, prefixes: &[(&str, &str)]) -> Result<Vec<u8>, WriteError> {
     let mut enc = Encoder::new();
+    for (prefix, ns) in prefixes {
+        let prefix = nc(prefix)?;
+        if prefix != "xml" && prefix != "xmlns" {
+            enc.ns_tracker_mut().declare_fixed(Some(prefix), Namespace::from(ns.to_string()));
+        }
+    }
     let mut out = BytesMut::new();
     write_element(&mut enc, el, &mut out, None).map_err(WriteError)?;
     Ok(out.to_vec())

@@ -52,6 +52,7 @@ impl HttpState {
             format!("https://{}:{port}", config.domain)
         });
         let bosh = Arc::new(bosh::BoshSessions::new(c2s.clone()));
+        tokio::spawn(bosh.clone().reap(Duration::from_secs(config.http.bosh_inactivity_secs.max(5))));
         HttpState { c2s, bosh, public_url: public_url.trim_end_matches('/').to_string() }
     }
 }
