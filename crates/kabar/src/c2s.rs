@@ -188,14 +188,7 @@ impl C2s {
 
     pub(crate) async fn fail_stream<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, condition: &str, text: Option<&str>) -> Round {
         info!(condition, text, "closing stream with error");
-        let header = HeaderAttrs {
-            content_ns: ns::CLIENT,
-            from: Some(self.server.domain.as_str()),
-            to: None,
-            id: &conn.stream_id,
-            version: Some("1.0"),
-            lang: Some("en"),
-        };
+        let header = server_header(&self.server.domain, &conn.stream_id, &conn.lang);
         let _ = conn.writer.stream_error(io, &header, condition, text).await;
         Round::End
     }
@@ -338,14 +331,7 @@ impl C2s {
         if major != Some(1) {
             return Err(self.fail_stream(conn, io, "unsupported-version", Some("XMPP 1.0 streams only")).await);
         }
-        let header = HeaderAttrs {
-            content_ns: ns::CLIENT,
-            from: Some(self.server.domain.as_str()),
-            to: None,
-            id: &conn.stream_id,
-            version: Some("1.0"),
-            lang: Some(&conn.lang),
-        };
+        let header = server_header(&self.server.domain, &conn.stream_id, &conn.lang);
         conn.writer.header(io, &header).await.map_err(|_| Round::End)
     }
 
@@ -421,4 +407,9 @@ impl C2s {
         }
         Ok(bound)
     }
+}
+
+/// The header the server answers with (RFC 6120 §4.7).
+fn server_header<'a>(domain: &'a str, stream_id: &'a str, lang: &'a str) -> HeaderAttrs<'a> {
+    HeaderAttrs { content_ns: ns::CLIENT, from: Some(domain), to: None, id: stream_id, version: Some("1.0"), lang: Some(lang) }
 }
