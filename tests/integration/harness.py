@@ -265,7 +265,7 @@ class Server:
         self.config_path = self.workdir / "kabar.toml"
         self.log_path = self.workdir / "kabar.log"
         self.domain = DOMAIN
-        self.c2s_port, self.tls_port, self.component_port = free_ports(3)
+        self.c2s_port, self.tls_port, self.component_port, self.http_port = free_ports(4)
         self.config = deep_merge(
             {
                 "domain": DOMAIN,
@@ -273,6 +273,7 @@ class Server:
                     "listen": [f"127.0.0.1:{self.c2s_port}"],
                     "direct_tls_listen": [f"127.0.0.1:{self.tls_port}"],
                 },
+                "http": {"listen": [f"127.0.0.1:{self.http_port}"]},
                 "components": {
                     "listen": [f"127.0.0.1:{self.component_port}"],
                     "component": [{"domain": COMPONENT_DOMAIN, "secret": COMPONENT_SECRET}],
@@ -336,7 +337,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        ports = [self.c2s_port, self.tls_port, self.component_port]
+        ports = [self.c2s_port, self.tls_port, self.component_port, self.http_port]
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             if self.proc.poll() is not None:
@@ -1289,3 +1290,124 @@ _counter = itertools.count(1)
 
 def unique(prefix: str = "x") -> str:
     return f"{prefix}{next(_counter)}{uuid.uuid4().hex[:6]}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clients with extra slixmpp plugins (stream management, carbons, MAM …), and killing the server hard.
+
+
+class PluginClient(Client):
+    """A Client that registers extra slixmpp plugins before logging in, e.g. stream management
+    (`{"xep_0198": {}}`: enabled with resumption during login) or carbons (`{"xep_0280": {}}`).
+    Values are plugin configs (None or {} for the defaults). Made by `plugin_client()`."""
+
+    def __init__(self, server: Server, jid: str, password: str, *, plugins: dict | None = None, **opts):
+        self._extra_plugins = dict(plugins or {})
+        super().__init__(server, jid, password, **opts)
+
+    def _login(self, port: int, timeout: float) -> None:
+        for name, cfg in self._extra_plugins.items():
+            if name not in self.xmpp.plugin:
+                self.xmpp.register_plugin(name, pconfig=cfg or None)
+        super()._login(port, timeout)
+
+
+def plugin_client(server: Server, user: str, plugins: dict, password: str | None = None, **opts) -> PluginClient:
+    """Like `server.client(user)`, with extra slixmpp plugins (see PluginClient)."""
+    bare = server.jid(user.split("/", 1)[0])
+    if password is None:
+        password = server.passwords.get(bare, "no-such-password")
+    full = bare + ("/" + user.split("/", 1)[1] if "/" in user else "")
+    c = PluginClient(server, full, password, plugins=plugins, **opts)
+    server.clients.append(c)
+    return c
+
+
+def _server_kill9(self: Server) -> int | None:
+    """SIGKILL the server (no shutdown, no flush: a power cut or an OOM kill). Returns the exit code;
+    `start()` brings it back on the same ports and data folder."""
+    if self.proc is None:
+        return None
+    proc, self.proc = self.proc, None
+    proc.kill()
+    proc.wait(10)
+    self.exit_codes.append(proc.returncode)
+    self._log(f"=== kabar serve killed with SIGKILL (exit {proc.returncode})")
+    return proc.returncode
+
+
+Server.kill9 = _server_kill9
+
+
+NS_MAM = "urn:xmpp:mam:2"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_FORWARD = "urn:xmpp:forward:0"
+
+
+class MamItem:
+    """One XEP-0313 result: archive `id`, `stamp` (the <delay/> stamp string) and the archived `message`."""
+
+    def __init__(self, wrapper: Stanza):
+        self.wrapper = wrapper
+        result = wrapper.xml.find(f"{{{NS_MAM}}}result")
+        assert result is not None, f"not a MAM result: {wrapper}"
+        self.id = result.get("id")
+        self.queryid = result.get("queryid")
+        forwarded = result.find(f"{{{NS_FORWARD}}}forwarded")
+        assert forwarded is not None, f"MAM result without <forwarded/>: {wrapper}"
+        delay = forwarded.find(f"{{{NS['delay']}}}delay")
+        self.stamp = delay.get("stamp") if delay is not None else None
+        inner = next((c for c in forwarded if _local(c.tag) == "message"), None)
+        assert inner is not None, f"MAM result without a forwarded <message/>: {wrapper}"
+        self.message = Stanza(inner)
+        self.body = self.message.body
+
+    def __repr__(self):
+        return f"MamItem(id={self.id!r}, stamp={self.stamp!r}, body={self.body!r})"
+
+
+def mam_query(client: "_Entity", fields: dict | None = None, rsm: str = "", extra: str = "",
+              to: str | None = None, timeout: float = WAIT) -> tuple[list[MamItem], Stanza]:
+    """XEP-0313 §4: query `client`'s archive (or `to`'s) with form `fields` ({var: value}) and an RSM
+    `<set/>` body (e.g. "<max>10</max><after>ID</after>"), collect the result messages of this query
+    and return (items in arrival order, the iq answer: result with <fin/>, or error)."""
+    qid = new_id("q")
+    form = ""
+    if fields:
+        form = (f"<x xmlns='{NS['data']}' type='submit'><field var='FORM_TYPE' type='hidden'>"
+                f"<value>{NS_MAM}</value></field>"
+                + "".join(f"<field var={quoteattr(k)}><value>{escape(v)}</value></field>" for k, v in fields.items())
+                + "</x>")
+    rsm_xml = f"<set xmlns='{NS_RSM}'>{rsm}</set>" if rsm else ""
+    answer = client.iq("set", f"<query xmlns='{NS_MAM}' queryid='{qid}'>{form}{rsm_xml}{extra}</query>",
+                       to=to, timeout=timeout)
+    mine = [s for s in client.inbox if s.name == "message"
+            and (r := s.xml.find(f"{{{NS_MAM}}}result")) is not None and r.get("queryid") == qid]
+    for s in mine:
+        client.inbox.remove(s)
+    return [MamItem(s) for s in mine], answer
+
+
+def mam_fin(answer: Stanza) -> dict:
+    """The <fin/> of a MAM answer as {complete, first, last, count} (strings, None when absent)."""
+    fin = answer.xml.find(f"{{{NS_MAM}}}fin")
+    assert fin is not None, f"MAM answer without <fin/>: {answer}"
+    s = fin.find(f"{{{NS_RSM}}}set")
+    get = (lambda n: (s.find(f"{{{NS_RSM}}}{n}").text if s is not None and s.find(f"{{{NS_RSM}}}{n}") is not None else None))
+    return {"complete": fin.get("complete"), "first": get("first"), "last": get("last"), "count": get("count")}
+
+
+def mam_all(client: "_Entity", fields: dict | None = None, page: int = 100, limit: int = 100) -> list[MamItem]:
+    """Every item matching `fields`, oldest first, paging forward with RSM <after/>."""
+    items: list[MamItem] = []
+    after = None
+    for _ in range(limit):
+        rsm = f"<max>{page}</max>" + (f"<after>{after}</after>" if after else "")
+        got, answer = mam_query(client, fields, rsm)
+        assert answer.type == "result", f"MAM query failed: {answer}"
+        items += got
+        fin = mam_fin(answer)
+        if fin["complete"] == "true" or not got:
+            return items
+        after = fin["last"]
+    raise AssertionError(f"archive paging did not end after {limit} pages")

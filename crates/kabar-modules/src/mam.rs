@@ -642,25 +642,38 @@ impl MamModule {
 /// the ones the server makes for live messages. For importers, which pass a dedupe key to
 /// `archive_append` so that importing twice adds nothing.
 pub fn archive_id(timestamp: i64) -> String {
+    format!("{}{}", base32(u64::try_from(timestamp).unwrap_or(0), 11), base32(id_entropy(timestamp) >> 14, 10))
+}
+
+fn id_entropy(timestamp: i64) -> u64 {
     static KEYS: std::sync::OnceLock<(RandomState, AtomicU64)> = std::sync::OnceLock::new();
     let (keys, counter) = KEYS.get_or_init(|| (RandomState::new(), AtomicU64::new(0)));
     let mut h = keys.build_hasher();
     h.write_u64(counter.fetch_add(1, Ordering::Relaxed));
     h.write_i64(timestamp);
-    format!("{}{}", base32(u64::try_from(timestamp).unwrap_or(0), 11), base32(h.finish() >> 14, 10))
+    h.finish()
+}
+
+/// An id for the `seq`-th of several items sharing `timestamp` that sorts in `seq` order (items are
+/// ordered by time, then id): imports whose source has only minute or second resolution.
+pub fn archive_id_in_order(timestamp: i64, seq: u32) -> String {
+    let seq = u64::from(seq.min((1 << 20) - 1));
+    let low = id_entropy(timestamp) & ((1 << 30) - 1);
+    format!("{}{}", base32(u64::try_from(timestamp).unwrap_or(0), 11), base32((seq << 30) | low, 10))
 }
 
 /// An archive item for a chat message imported from elsewhere (e.g. a WhatsApp export): a
 /// `type='chat'` message between `owner` and `peer` with `body`, stamped `timestamp` (Unix
-/// microseconds), searchable, under a fresh [`archive_id`].
+/// microseconds), searchable. `seq` orders items that share a timestamp ([`archive_id_in_order`]).
 pub fn imported_item(
     owner: &BareJid,
     peer: &BareJid,
     direction: Direction,
     timestamp: i64,
+    seq: u32,
     body: &str,
 ) -> Result<ArchiveItem, kabar_xml::WriteError> {
-    let id = archive_id(timestamp);
+    let id = archive_id_in_order(timestamp, seq);
     let (from, to) = match direction {
         Direction::Out => (owner, peer),
         Direction::In => (peer, owner),

@@ -485,7 +485,7 @@ async fn imported_messages_keep_their_time_and_importing_twice_adds_nothing() {
     let old = [(Direction::In, t0, "imported hello"), (Direction::Out, t0 + 60_000_000, "imported reply")];
     for round in 0..2 {
         for (n, (dir, ts, body)) in old.iter().enumerate() {
-            let item = mam::imported_item(&alice, &bob, *dir, *ts, body).expect("item");
+            let item = mam::imported_item(&alice, &bob, *dir, *ts, 0, body).expect("item");
             let inserted = h.server.store.archive_append(alice.as_str(), &item, Some(&format!("wa:{n}"))).await;
             assert_eq!(inserted.expect("append"), round == 0, "round {round}: only the first import inserts");
         }
@@ -500,4 +500,13 @@ async fn imported_messages_keep_their_time_and_importing_twice_adds_nothing() {
     assert_eq!(ans.results.len(), 2);
     let ans = query(&h, ALICE, &mut a, &[("end", &["2020-01-01T00:00:59Z"])], None).await;
     assert_eq!(ans.bodies(), ["imported hello"]);
+}
+
+#[test]
+fn imported_ids_sharing_a_timestamp_sort_in_file_order() {
+    let ids: Vec<String> = (0..50).map(|seq| mam::archive_id_in_order(1_609_425_660_000_000, seq)).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "ids must sort in sequence order");
+    assert!(mam::archive_id_in_order(1_609_425_600_000_000, 900) < mam::archive_id_in_order(1_609_425_660_000_000, 0));
 }

@@ -97,10 +97,15 @@ impl WhatsappImport<'_> {
         let total = keyed.len();
         let show_progress = std::io::stderr().is_terminal();
         let mut summary = Summary { system_lines: parsed.entries.len() - total, malformed: parsed.malformed.len(), ..Summary::default() };
+        // Exports have minute (Android) or second (iOS) resolution; messages sharing a timestamp get
+        // ids in file order, so the archive (ordered by time, then id) keeps their order.
+        let mut previous = (i64::MIN, 0u32);
         for (done, (key, msg)) in keyed.into_iter().enumerate() {
             let direction = if msg.sender == me { Direction::Out } else { Direction::In };
+            let seq = if msg.timestamp == previous.0 { previous.1 + 1 } else { 0 };
+            previous = (msg.timestamp, seq);
             let micros = msg.timestamp.saturating_mul(1_000_000);
-            let item = imported_item(&self.owner, &self.peer, direction, micros, &body_of(msg, group && direction == Direction::In))?;
+            let item = imported_item(&self.owner, &self.peer, direction, micros, seq, &body_of(msg, group && direction == Direction::In))?;
             let dedupe = format!("whatsapp:{}:{key}", self.peer);
             if self.store.archive_append(self.owner.as_str(), &item, Some(&dedupe)).await? {
                 summary.imported += 1;

@@ -199,6 +199,9 @@ impl Session {
             warn!("could not serialise an outgoing stanza");
             return;
         }
+        if let Some(kind) = Kind::of(&el) {
+            self.server.metrics.stanza_out(kind);
+        }
         if let Some(sm) = self.sm.as_mut() {
             sm.outbound = sm.outbound.wrapping_add(1);
             sm.unacked.push_back(el);
@@ -296,8 +299,12 @@ impl Session {
                 }
                 req = recv_resume(&mut self.resume_rx) => {
                     if let Some(req) = req {
-                        info!("session taken over by a resuming connection");
-                        return Step::Resumed(Box::new(req));
+                        if self.sm.as_ref().is_some_and(|sm| ack_is_possible(sm, req.h)) {
+                            info!("session taken over by a resuming connection");
+                            return Step::Resumed(Box::new(req));
+                        }
+                        // A bogus claim must not cost the live connection its session.
+                        refuse_resume(req, self.sm.as_ref().map_or(0, |sm| sm.inbound)).await;
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
@@ -508,6 +515,23 @@ impl Session {
         }
         info!(rerouted, "session ended");
     }
+}
+
+/// Whether `h` can acknowledge what was sent (neither more than sent nor less than acked before).
+fn ack_is_possible(sm: &Sm, h: u32) -> bool {
+    let acked_before = sm.outbound.wrapping_sub(sm.unacked.len() as u32);
+    (h.wrapping_sub(acked_before) as usize) <= sm.unacked.len()
+}
+
+/// XEP-0198 §5: answers a resumption attempt that cannot be honoured on its own connection.
+async fn refuse_resume(req: ResumeRequest, inbound: u32) {
+    let ResumeRequest { io, mut writer, .. } = req;
+    let mut io = io;
+    let failed = elem("failed", NS_SM)
+        .with_attr("h", inbound.to_string())
+        .with_child(elem("undefined-condition", ns::STANZAS));
+    let _ = writer.send(&mut io, &failed).await;
+    let _ = writer.close(&mut io).await;
 }
 
 /// Drops the stanzas the client acknowledged with `h`; false when `h` is impossible.

@@ -104,7 +104,7 @@ impl TestServer {
         std::fs::write(
             &config,
             format!(
-                "domain = \"{domain}\"\n\n[c2s]\nlisten = [\"127.0.0.1:{port}\"]\ndirect_tls_listen = [\"127.0.0.1:{direct_tls_port}\"]\n\n[log]\nlevel = \"info\"\n"
+                "domain = \"{domain}\"\n\n[c2s]\nlisten = [\"127.0.0.1:{port}\"]\ndirect_tls_listen = [\"127.0.0.1:{direct_tls_port}\"]\n\n[http]\nlisten = []\n\n[log]\nlevel = \"info\"\n"
             ),
         )
         .expect("write config");
