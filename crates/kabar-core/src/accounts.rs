@@ -23,7 +23,10 @@ pub enum AccountError {
 /// Accepts `alice` or `alice@domain` and returns the normalised bare JID on `domain`.
 pub fn parse_account(input: &str, domain: &str) -> Result<BareJid, AccountError> {
     let full = if input.contains('@') { input.to_string() } else { format!("{input}@{domain}") };
-    let jid = BareJid::new(&full).map_err(|_| AccountError::InvalidJid(input.to_string()))?;
+    let jid = crate::stanza::parse_jid(&full)
+        .ok()
+        .and_then(|j| j.try_into_full().err())
+        .ok_or_else(|| AccountError::InvalidJid(input.to_string()))?;
     if jid.node().is_none() {
         return Err(AccountError::InvalidJid(input.to_string()));
     }

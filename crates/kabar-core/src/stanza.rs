@@ -141,8 +141,29 @@ pub fn from_jid(el: &Element) -> Result<Option<Jid>, StanzaError> {
 fn parse_addr(value: Option<&str>) -> Result<Option<Jid>, StanzaError> {
     match value {
         None => Ok(None),
-        Some(s) => Jid::new(s).map(Some).map_err(|_| StanzaError::jid_malformed()),
+        Some(s) => parse_jid(s).map(Some).map_err(|_| StanzaError::jid_malformed()),
     }
+}
+
+/// [`parse_jid`] for a bare JID (a resource is an error).
+pub fn parse_bare(s: &str) -> Result<jid::BareJid, jid::Error> {
+    parse_jid(s)?.try_into_full().err().ok_or(jid::Error::ResourceInBareJid)
+}
+
+/// Parses and normalises a JID to a fixed point. The `jid` crate's stringprep is not idempotent
+/// for some characters (found by fuzzing: U+03F9 becomes U+03A3, which a second pass lowercases to
+/// U+03C3), so an address the server stamped could compare unequal to itself once re-parsed.
+/// Re-parsing until stable keeps every address the server stores or compares canonical.
+pub fn parse_jid(s: &str) -> Result<Jid, jid::Error> {
+    let mut jid = Jid::new(s)?;
+    for _ in 0..3 {
+        let again = Jid::new(jid.as_str())?;
+        if again == jid {
+            break;
+        }
+        jid = again;
+    }
+    Ok(jid)
 }
 
 /// The error reply to `stanza`, or `None` when none may be sent (never answer an error with an

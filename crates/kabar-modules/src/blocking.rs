@@ -148,7 +148,7 @@ impl BlockingModule {
         let rows = server.store.kv_list(account.as_str(), STORE).await?;
         let list: Vec<Jid> = rows
             .into_iter()
-            .filter_map(|(key, _)| match Jid::new(&key) {
+            .filter_map(|(key, _)| match kabar_core::stanza::parse_jid(&key) {
                 Ok(j) => Some(j),
                 Err(_) => {
                     warn!(account = %account, key = %key, "unparsable blocklist entry ignored");
@@ -267,7 +267,7 @@ impl BlockingModule {
         let mut items = Vec::new();
         for item in el.children().filter(|c| c.name() == "item" && c.ns() == NS_BLOCKING) {
             let raw = item.attr("jid").ok_or_else(StanzaError::bad_request)?;
-            let jid = Jid::new(raw).map_err(|_| StanzaError::jid_malformed())?;
+            let jid = kabar_core::stanza::parse_jid(raw).map_err(|_| StanzaError::jid_malformed())?;
             if !items.contains(&jid) {
                 items.push(jid);
             }
@@ -304,7 +304,7 @@ impl BlockingModule {
                 let mut removed = Vec::new();
                 for (key, _) in rows {
                     server.store.kv_delete(user, STORE, &key).await.map_err(backend_error)?;
-                    if let Ok(jid) = Jid::new(&key) {
+                    if let Ok(jid) = kabar_core::stanza::parse_jid(&key) {
                         removed.push(jid);
                     }
                 }
@@ -348,7 +348,7 @@ impl BlockingModule {
             Ok((roster, _)) => roster
                 .into_iter()
                 .filter(|item| item.subscription.has_from())
-                .filter_map(|item| Jid::new(&item.jid).ok())
+                .filter_map(|item| kabar_core::stanza::parse_jid(&item.jid).ok())
                 .filter(|jid| items.iter().any(|blocked| jid_matches(blocked, jid)))
                 .collect(),
             Err(e) => {
@@ -359,7 +359,7 @@ impl BlockingModule {
         for session in sessions {
             let mut targets = contacts.clone();
             for directed in &session.directed_to {
-                if let Ok(jid) = Jid::new(directed) {
+                if let Ok(jid) = kabar_core::stanza::parse_jid(directed) {
                     if items.iter().any(|blocked| jid_matches(blocked, &jid)) && !targets.contains(&jid) {
                         targets.push(jid);
                     }

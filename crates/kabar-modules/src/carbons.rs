@@ -53,7 +53,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use jid::{BareJid, FullJid, Jid};
+use jid::{BareJid, FullJid};
 use kabar_core::module::IqResult;
 use kabar_core::{ns, Event, Flow, IqRequest, Module, Server, StanzaError};
 use kabar_xml::{elem, Element, ElementExt};
@@ -134,7 +134,7 @@ pub fn eligible(stanza: &Element, direction: Direction) -> bool {
                 || (direction == Direction::Received
                     && stanza
                         .attr("from")
-                        .and_then(|f| Jid::new(f).ok())
+                        .and_then(|f| kabar_core::stanza::parse_jid(f).ok())
                         .is_some_and(|f| f.resource().is_none()))
         }
         // "normal" and unknown types (RFC 6121 §5.2.2).
@@ -310,7 +310,7 @@ impl Module for CarbonsModule {
         let account = from.to_bare();
         let to_own_account = stanza
             .attr("to")
-            .and_then(|t| Jid::new(t).ok())
+            .and_then(|t| kabar_core::stanza::parse_jid(t).ok())
             .is_some_and(|t| t.to_bare() == account);
         if to_own_account {
             return;

@@ -295,7 +295,7 @@ impl Prefs {
                 if j.name() != "jid" || j.ns() != NS_MAM {
                     continue;
                 }
-                let jid = Jid::new(j.text().trim()).map_err(|_| StanzaError::jid_malformed())?;
+                let jid = kabar_core::stanza::parse_jid(j.text().trim()).map_err(|_| StanzaError::jid_malformed())?;
                 if !out.contains(&jid) {
                     out.push(jid);
                 }
@@ -432,7 +432,7 @@ fn stanza_id(id: &str, by: &BareJid) -> Element {
 fn strip_stanza_ids_by(stanza: &mut Element, owner: &BareJid) {
     let claims_owner = |c: &Element| {
         c.is("stanza-id", NS_SID)
-            && c.attr("by").is_some_and(|by| by == owner.as_str() || Jid::new(by).is_ok_and(|j| j == *owner))
+            && c.attr("by").is_some_and(|by| by == owner.as_str() || kabar_core::stanza::parse_jid(by).is_ok_and(|j| j == *owner))
     };
     if stanza.children().any(claims_owner) {
         retain_children(stanza, |c| !claims_owner(c));
@@ -775,7 +775,7 @@ fn parse_query(q: &Element) -> Result<ParsedQuery, StanzaError> {
                 }
                 "with" => {
                     if let Some(v) = single(var, &values)? {
-                        let jid = Jid::new(v).map_err(|_| StanzaError::jid_malformed())?;
+                        let jid = kabar_core::stanza::parse_jid(v).map_err(|_| StanzaError::jid_malformed())?;
                         query.with = Some(jid.to_string());
                     }
                 }

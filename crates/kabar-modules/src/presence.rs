@@ -628,7 +628,7 @@ async fn session_closed(server: &Server, jid: &FullJid, was_available: bool, dir
 /// a dead subscription (whatever of the roster is still readable when the event arrives).
 async fn account_deleted(server: &Server, user: &BareJid, roster: &[kabar_storage::RosterItem]) {
     for item in roster {
-        let Ok(contact) = BareJid::new(&item.jid) else { continue };
+        let Ok(contact) = kabar_core::stanza::parse_bare(&item.jid) else { continue };
         if item.subscription.has_to() || item.ask {
             server.route(rm::subscription_stanza("unsubscribe", user, &contact)).await;
         }

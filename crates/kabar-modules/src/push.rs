@@ -191,7 +191,7 @@ pub fn notification(
 #[allow(clippy::result_large_err)] // StanzaError is what every IQ handler returns
 fn app_server(payload: &Element) -> Result<Jid, StanzaError> {
     let Some(jid) = payload.attr("jid") else { return Err(StanzaError::bad_request().with_text("missing 'jid'")) };
-    Jid::new(jid).map_err(|_| StanzaError::jid_malformed())
+    kabar_core::stanza::parse_jid(jid).map_err(|_| StanzaError::jid_malformed())
 }
 
 /// Checks the optional publish-options form of an `<enable/>` and serialises it.
@@ -367,7 +367,7 @@ impl PushModule {
             return;
         }
         let sender = stanza.attr("from");
-        if sender.and_then(|f| Jid::new(f).ok()).is_some_and(|f| f.to_bare() == *account) {
+        if sender.and_then(|f| kabar_core::stanza::parse_jid(f).ok()).is_some_and(|f| f.to_bare() == *account) {
             return;
         }
         let stored = match registrations(server, account).await {
@@ -416,7 +416,7 @@ impl PushModule {
         if kind != Some("result") && kind != Some("error") {
             return Flow::Continue;
         }
-        let to_bare = stanza.attr("to").and_then(|t| Jid::new(t).ok()).is_some_and(|t| t.resource().is_none());
+        let to_bare = stanza.attr("to").and_then(|t| kabar_core::stanza::parse_jid(t).ok()).is_some_and(|t| t.resource().is_none());
         let Some(id) = stanza.attr("id").filter(|_| to_bare) else { return Flow::Continue };
         let registration = {
             let mut state = self.lock();

@@ -68,7 +68,7 @@ fn parse_set(user: &BareJid, query: &Element) -> Result<ItemUpdate, StanzaError>
     let Some(jid) = item.attr("jid") else {
         return Err(StanzaError::bad_request().with_text("The item has no 'jid'"));
     };
-    let jid = match Jid::new(jid) {
+    let jid = match kabar_core::stanza::parse_jid(jid) {
         Ok(j) if j.resource().is_none() => j.to_bare(),
         _ => return Err(StanzaError::jid_malformed()),
     };
