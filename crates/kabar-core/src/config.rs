@@ -22,6 +22,7 @@ pub struct Config {
     pub ping: PingConfig,
     pub stream_management: StreamManagementConfig,
     pub archive: ArchiveConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
@@ -39,6 +40,7 @@ impl Default for Config {
             ping: PingConfig::default(),
             stream_management: StreamManagementConfig::default(),
             archive: ArchiveConfig::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -75,7 +77,8 @@ impl Default for C2sConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// HTTPS addresses (same certificate as XMPP) serving XMPP over WebSocket (RFC 7395) at
-    /// `/xmpp-websocket`, BOSH (XEP-0206) at `/http-bind`, host-meta (XEP-0156) and health checks.
+    /// `/xmpp-websocket`, BOSH (XEP-0206) at `/http-bind`, host-meta (XEP-0156), health checks,
+    /// Prometheus metrics (`/metrics`) and the admin API (`/admin/api/v1`, see [`AdminConfig`]).
     pub listen: Vec<SocketAddr>,
     /// The address clients use to reach this listener, for XEP-0156 discovery. Default:
     /// `https://<domain>:<port of the first listen address>`.
@@ -84,6 +87,8 @@ pub struct HttpConfig {
     pub bosh_max_wait_secs: u64,
     /// Seconds a BOSH session lives without any request before it ends.
     pub bosh_inactivity_secs: u64,
+    /// Serve the embedded web client (Converse.js, docs/WEBCLIENT.md) at `/`.
+    pub web_client: bool,
 }
 
 impl Default for HttpConfig {
@@ -93,6 +98,7 @@ impl Default for HttpConfig {
             public_url: None,
             bosh_max_wait_secs: 60,
             bosh_inactivity_secs: 60,
+            web_client: true,
         }
     }
 }
@@ -240,6 +246,22 @@ pub struct ArchiveConfig {
     /// Delete archived messages (XEP-0313) older than this many days; 0 keeps them forever.
     /// Checked at start and then hourly.
     pub retention_days: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin HTTP API (`/admin/api/v1`, bearer token) on the HTTPS listener.
+    pub enabled: bool,
+    /// File holding the admin API's bearer token. Default: `<data_dir>/admin-token`. When the file
+    /// does not exist, a random token is written to it (mode 0600) at start.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { enabled: true, token_file: None }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod metrics;
 pub mod module;
 pub mod ns;
 pub mod ratelimit;

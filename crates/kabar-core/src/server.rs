@@ -2,6 +2,7 @@
 //! RFC 6121 §8.5 (what happens to each kind of stanza for each kind of address).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::metrics::{Metrics, StoreOp};
 use crate::module::{Event, Flow, IqRequest, Module};
 use crate::ratelimit::KeyedLimiter;
 use crate::sessions::{Outbound, SendError, SharedDirectory};
@@ -32,6 +34,11 @@ pub struct Server {
     pub auth_failures_by_account: KeyedLimiter,
     /// Successful in-band registrations by client IP.
     pub registrations_by_ip: KeyedLimiter,
+    /// Whether XEP-0077 in-band registration is open now: starts as `registration.enabled`, the
+    /// admin API switches it at runtime.
+    pub registration_enabled: AtomicBool,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
 }
 
 pub struct ServerBuilder {
@@ -74,6 +81,8 @@ impl ServerBuilder {
             auth_failures_by_ip: KeyedLimiter::new(limits.auth_failures_per_ip_per_minute, minute),
             auth_failures_by_account: KeyedLimiter::new(limits.auth_failures_per_account_per_minute, minute),
             registrations_by_ip: KeyedLimiter::new(self.config.registration.per_ip_per_hour, Duration::from_secs(3600)),
+            registration_enabled: AtomicBool::new(self.config.registration.enabled),
+            metrics: Metrics::new(),
             config: self.config,
             store: self.store,
             sessions: self.sessions,
@@ -137,7 +146,10 @@ impl Server {
     }
 
     pub async fn account_exists(&self, bare: &BareJid) -> bool {
-        match self.store.credentials(bare.as_str()).await {
+        let timer = self.metrics.store(StoreOp::Credentials).start_timer();
+        let found = self.store.credentials(bare.as_str()).await;
+        drop(timer);
+        match found {
             Ok(c) => c.is_some(),
             Err(e) => {
                 warn!(error = %e, "account lookup failed");
@@ -170,6 +182,8 @@ impl Server {
     /// the rules for a missing `to` (§10.3).
     pub async fn from_client(&self, session: &FullJid, mut stanza: Element) {
         let Some(kind) = Kind::of(&stanza) else { return };
+        self.metrics.stanza_in(kind);
+        let _timer = self.metrics.routing.start_timer();
         stanza.set_attr_str("from", session.as_str());
         let to = match stanza::to_jid(&stanza) {
             Ok(to) => to,

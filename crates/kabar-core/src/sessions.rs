@@ -60,6 +60,10 @@ pub trait SessionDirectory: Send + Sync {
     fn count(&self) -> usize;
     /// Every session, for broadcasts and shutdown.
     fn all(&self) -> Vec<FullJid>;
+    /// Stanzas waiting in the outbound queues of all sessions together (for `/metrics`).
+    fn queue_depth(&self) -> usize {
+        0
+    }
 }
 
 struct Entry {
@@ -164,6 +168,10 @@ impl SessionDirectory for LocalSessions {
 
     fn all(&self) -> Vec<FullJid> {
         self.read().values().flat_map(|l| l.iter().map(|e| e.info.jid.clone())).collect()
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.read().values().flatten().map(|e| e.tx.max_capacity().saturating_sub(e.tx.capacity())).sum()
     }
 }
 

@@ -15,6 +15,7 @@
 
 use async_trait::async_trait;
 use jid::{BareJid, FullJid};
+use kabar_core::metrics::StoreOp;
 use kabar_core::sessions::{Outbound, SendError};
 use kabar_core::stanza::{self, StanzaError};
 use kabar_core::{time, Event, Flow, Module, Server};
@@ -110,7 +111,11 @@ async fn store(server: &Server, to: &BareJid, stanza: &Element) -> Flow {
             return Flow::Reject(StanzaError::internal_server_error());
         }
     };
-    match server.store.push_offline(to.as_str(), &bytes, server.config.limits.max_offline_messages).await {
+    let pushed = {
+        let _timer = server.metrics.store(StoreOp::OfflinePush).start_timer();
+        server.store.push_offline(to.as_str(), &bytes, server.config.limits.max_offline_messages).await
+    };
+    match pushed {
         Ok(id) => {
             debug!(to = %to, id, "message stored offline");
             Flow::Handled
@@ -134,7 +139,11 @@ async fn flush(server: &Server, jid: &FullJid) {
         _ => return,
     }
     let user = jid.to_bare();
-    let held = match server.store.offline_messages(user.as_str()).await {
+    let fetched = {
+        let _timer = server.metrics.store(StoreOp::OfflineFetch).start_timer();
+        server.store.offline_messages(user.as_str()).await
+    };
+    let held = match fetched {
         Ok(h) => h,
         Err(e) => {
             warn!(user = %user, error = %e, "cannot read offline messages");

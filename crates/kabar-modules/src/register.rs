@@ -14,7 +14,8 @@
 //!
 //! # Anti-abuse policy for account creation
 //! * **Off by default**: `registration.enabled = false` makes every pre-authentication registration
-//!   request fail with `<service-unavailable/>` and hides the stream feature.
+//!   request fail with `<service-unavailable/>` and hides the stream feature. The admin API switches
+//!   it at runtime ([`Server::registration_enabled`], which starts as the config value).
 //! * **Per-IP rate**: at most `registration.per_ip_per_hour` successful registrations per client
 //!   address per hour (token bucket [`Server::registrations_by_ip`], refilled smoothly). IPv6
 //!   clients are counted per /64, since one host usually owns a whole /64; IPv4-mapped IPv6
@@ -36,6 +37,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use jid::BareJid;
@@ -115,7 +117,7 @@ pub fn limiter_key(ip: IpAddr) -> String {
 /// The `<register xmlns='http://jabber.org/features/iq-register'/>` stream feature (section
 /// "Stream Feature"), offered before authentication only when registration is enabled.
 pub fn pre_auth_feature(server: &Server) -> Option<Element> {
-    server.config.registration.enabled.then(|| elem("register", ns::REGISTER_FEATURE))
+    server.registration_enabled.load(Ordering::Relaxed).then(|| elem("register", ns::REGISTER_FEATURE))
 }
 
 /// Answers a `jabber:iq:register` IQ received before authentication (§3.1) and returns the reply
@@ -153,7 +155,7 @@ async fn pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Result<Op
         _ => return Err(StanzaError::service_unavailable()),
     };
     let reg = &server.config.registration;
-    if !reg.enabled {
+    if !server.registration_enabled.load(Ordering::Relaxed) {
         return Err(StanzaError::service_unavailable());
     }
     if !is_set {
@@ -198,6 +200,7 @@ async fn pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Result<Op
         return Err(over_limit());
     }
     accounts::create(&server.store, &jid, &password).await.map_err(account_error)?;
+    server.metrics.registrations.inc();
     info!(account = %jid, ip = %client_ip, "account registered in-band");
     Ok(None)
 }

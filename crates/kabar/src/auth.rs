@@ -335,6 +335,10 @@ impl C2s {
             },
             (None, None) => Err((SaslError::InvalidMechanism, None)),
         };
+        match &outcome {
+            Ok(_) => self.server.metrics.auth_success.inc(),
+            Err(_) => self.server.metrics.auth_failure.inc(),
+        }
         if let Err((SaslError::NotAuthorized, account)) = &outcome {
             self.server.auth_failures_by_ip.allow(&ip_key);
             if let Some(account) = account {
@@ -354,7 +358,10 @@ impl C2s {
 
     async fn credentials(&self, jid: Option<&BareJid>, hash: ScramHash) -> Option<kabar_sasl::ScramCredentials> {
         let jid = jid?;
-        match self.server.store.credentials(jid.as_str()).await {
+        let timer = self.server.metrics.store(kabar_core::metrics::StoreOp::Credentials).start_timer();
+        let found = self.server.store.credentials(jid.as_str()).await;
+        drop(timer);
+        match found {
             Ok(Some(c)) => Some(match hash {
                 ScramHash::Sha1 => c.scram_sha1,
                 ScramHash::Sha256 => c.scram_sha256,
@@ -370,7 +377,7 @@ impl C2s {
     fn check_authzid(&self, authzid: Option<&str>, jid: &BareJid) -> Result<(), SaslError> {
         match authzid {
             None => Ok(()),
-            Some(z) if BareJid::new(z).is_ok_and(|z| &z == jid) => Ok(()),
+            Some(z) if kabar_core::stanza::parse_bare(z).is_ok_and(|z| &z == jid) => Ok(()),
             Some(_) => Err(SaslError::InvalidAuthzid),
         }
     }

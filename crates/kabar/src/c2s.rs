@@ -69,6 +69,7 @@ pub(crate) struct Bound {
 impl C2s {
     pub async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
         let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
+        let _open = self.server.metrics.connection(kabar_core::metrics::Transport::Tcp);
         self.run(Transport::Tcp { tcp, direct_tls }, peer).instrument(span).await;
     }
 
@@ -76,6 +77,7 @@ impl C2s {
     /// HTTPS connection under it is already encrypted, with these channel bindings.
     pub async fn handle_framed(self: Arc<Self>, pipe: tokio::io::DuplexStream, peer: SocketAddr, cb: ChannelBindings, kind: &'static str) {
         let span = tracing::info_span!("c2s", %peer, transport = kind, jid = tracing::field::Empty);
+        let _open = self.server.metrics.connection(kabar_core::metrics::Transport::from_label(kind));
         self.run(Transport::Framed { pipe, cb }, peer).instrument(span).await;
     }
 

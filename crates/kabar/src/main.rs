@@ -236,6 +236,8 @@ async fn serve(common: Common) -> Result<()> {
     let starttls = bind_all(&config.c2s.listen, "client connections (STARTTLS)").await?;
     let direct = bind_all(&config.c2s.direct_tls_listen, "client connections (direct TLS)").await?;
     let https = bind_all(&config.http.listen, "HTTPS (WebSocket, BOSH)").await?;
+    // Before anything accepts: the token file exists once the server answers.
+    let admin = http::admin::AdminAuth::load(&config)?;
     let components = if config.components.component.is_empty() {
         Vec::new()
     } else {
@@ -252,7 +254,8 @@ async fn serve(common: Common) -> Result<()> {
     for l in components {
         tasks.spawn(accept_components(l, server.clone()));
     }
-    let http_state = http::HttpState::new(c2s.clone());
+    let mut http_state = http::HttpState::new(c2s.clone());
+    http_state.admin = admin;
     for l in https {
         tasks.spawn(http::serve(l, http_state.clone(), tls.clone()));
     }

@@ -1,9 +1,12 @@
 //! The HTTPS listener (default port 5443, the XMPP certificate): XMPP over WebSocket (RFC 7395),
-//! BOSH (XEP-0206), XEP-0156 host-meta discovery, and health checks. WebSocket and BOSH clients
-//! run through the same c2s state machine as TCP clients: a bridge turns their messages into a
-//! byte pipe ([`crate::stream::Io::Pipe`]) and back.
+//! BOSH (XEP-0206), XEP-0156 host-meta discovery, health checks, and the web client at `/`
+//! (Converse.js, [`web`]). WebSocket and BOSH clients run through the same c2s state machine as TCP
+//! clients: a bridge turns their messages into a byte pipe ([`crate::stream::Io::Pipe`]) and back.
 
+pub mod admin;
 mod bosh;
+mod metrics;
+mod web;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -35,6 +38,8 @@ pub struct HttpState {
     pub bosh: Arc<bosh::BoshSessions>,
     /// `https://host:port` clients use to reach us.
     pub public_url: String,
+    /// The admin API's token; `None`: the API is off (see [`admin`]).
+    pub admin: Option<Arc<admin::AdminAuth>>,
 }
 
 /// Per-connection facts handlers need.
@@ -53,18 +58,24 @@ impl HttpState {
         });
         let bosh = Arc::new(bosh::BoshSessions::new(c2s.clone()));
         tokio::spawn(bosh.clone().reap(Duration::from_secs(config.http.bosh_inactivity_secs.max(5))));
-        HttpState { c2s, bosh, public_url: public_url.trim_end_matches('/').to_string() }
+        HttpState { c2s, bosh, public_url: public_url.trim_end_matches('/').to_string(), admin: None }
     }
 }
 
 fn router(state: HttpState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.c2s.server.config.http.web_client {
+        router = router.route("/", get(web::index)).route("/web/{id}/{*path}", get(web::asset));
+    }
+    router
         .route("/xmpp-websocket", get(websocket::upgrade))
         .route("/http-bind", post(bosh::request).options(bosh::preflight))
         .route("/.well-known/host-meta", get(host_meta_xml))
         .route("/.well-known/host-meta.json", get(host_meta_json))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .nest(admin::BASE, admin::routes(&state))
         .with_state(state)
 }
 
