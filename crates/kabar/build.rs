@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 /// Files at least this big whose type compresses are stored gzipped.
 const GZIP_MIN: usize = 512;
 
+/// Served at `/` when web/index.html is missing (same placeholders, no client).
+const FALLBACK_INDEX: &str = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{{TITLE}}</title>\n\
+<script type=\"application/json\" id=\"kabar-config\">{{CONFIG}}</script></head>\n\
+<body><p>This kabar build has no web client (web/ was missing at build time). Any XMPP client can log in \
+to {{DOMAIN}}.</p><!-- {{ASSETS}} --></body></html>\n";
+
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let web = manifest.join("../../web");
@@ -32,10 +38,16 @@ fn main() {
     } else {
         println!("cargo:warning=web/dist/ is missing: the web client is not embedded (run web/update.sh)");
     }
-    files.push(("kabar-web.js".into(), web.join("kabar-web.js")));
+    if web.join("kabar-web.js").is_file() {
+        files.push(("kabar-web.js".into(), web.join("kabar-web.js")));
+    }
     files.sort();
 
-    let index = fs::read_to_string(web.join("index.html")).expect("web/index.html");
+    // Without web/ (a partial checkout) the server still builds; `/` then says the client is missing.
+    let index = fs::read_to_string(web.join("index.html")).unwrap_or_else(|_| {
+        println!("cargo:warning=web/index.html is missing: `/` serves a placeholder page");
+        FALLBACK_INDEX.to_string()
+    });
     let version = fs::read_to_string(dist.join("VERSION")).map(|v| v.trim().to_string()).unwrap_or_default();
 
     let mut id_hash = Fnv::new();
