@@ -42,11 +42,16 @@ SRV_PIN=(); [ -n "$SERVER_CPU" ] && SRV_PIN=(taskset -c "$SERVER_CPU")
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 QUIET_WAIT=${QUIET_WAIT:-60}; QUIET_PCT=${QUIET_PCT:-15}
-busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-wait_quiet() { # bounded: at most QUIET_WAIT seconds
+busy_ticks() { # machine busy ticks minus those of process $1 (the server under test)
+  local m p=0
+  m=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat)
+  [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] && p=$(sed 's/.*) //' "/proc/$1/stat" | awk '{print $12+$13}')
+  echo $((m - p))
+}
+wait_quiet() { # SERVER_PID; bounded: at most QUIET_WAIT seconds
   local t=0 a b pct
   while [ "$t" -lt "$QUIET_WAIT" ]; do
-    a=$(busy_ticks); sleep 2; b=$(busy_ticks); t=$((t+2))
+    a=$(busy_ticks "${1:-}"); sleep 2; b=$(busy_ticks "${1:-}"); t=$((t+2))
     pct=$(( (b - a) * 100 / (2 * $(getconf CLK_TCK)) ))
     [ "$pct" -lt "$QUIET_PCT" ] && return 0
   done
@@ -164,7 +169,7 @@ for srv in $SERVERS; do
     ibr=""; [ "$s" = signup ] && ibr=--ibr
     srv_start "$srv" $ibr || { log "$srv restart failed"; continue; }
     sleep 1
-    wait_quiet
+    wait_quiet "$(srv_pid "$srv")"
     case $s in
       login)    run_load "$srv" login login --users "$K" --concurrency "$LOGIN_CONC" ;;
       idle)     run_load "$srv" idle idle --users "$C" --concurrency "$LOGIN_CONC" --duration "$IDLE_T" ;;

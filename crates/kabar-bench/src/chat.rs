@@ -84,8 +84,16 @@ impl Sender {
         }
         let bytes = element_to_bytes(&msg).map_err(|e| anyhow!("{e}"))?;
         let text = String::from_utf8(bytes).map_err(|e| anyhow!("{e}"))?;
-        let (head, tail) = text.split_once(BODY_MARK).ok_or_else(|| anyhow!("template"))?;
-        Ok(Sender { head: head.as_bytes().to_vec(), tail: tail.as_bytes().to_vec(), seq: 0, outstanding: 0, t_start })
+        let (head, tail) = text
+            .split_once(BODY_MARK)
+            .ok_or_else(|| anyhow!("template"))?;
+        Ok(Sender {
+            head: head.as_bytes().to_vec(),
+            tail: tail.as_bytes().to_vec(),
+            seq: 0,
+            outstanding: 0,
+            t_start,
+        })
     }
 
     fn send(&mut self, out: &mut Vec<u8>, pad: &str, stats: &mut Stats, record_from: u64) {
@@ -101,7 +109,15 @@ impl Sender {
     }
 
     /// Rate mode: catch up to the schedule.
-    fn send_due(&mut self, now: Instant, rate: f64, out: &mut Vec<u8>, pad: &str, stats: &mut Stats, rf: u64) {
+    fn send_due(
+        &mut self,
+        now: Instant,
+        rate: f64,
+        out: &mut Vec<u8>,
+        pad: &str,
+        stats: &mut Stats,
+        rf: u64,
+    ) {
         if now < self.t_start {
             return;
         }
@@ -118,7 +134,13 @@ impl Sender {
 
 /// Handles what arrived on `conn`: deliveries from the partner (`partner` is the partner's
 /// sender state) and bounces of our own messages (`own`).
-fn process(conn: &mut Conn, own: &mut Sender, partner: &mut Sender, plan: &Plan, stats: &mut Stats) -> Result<()> {
+fn process(
+    conn: &mut Conn,
+    own: &mut Sender,
+    partner: &mut Sender,
+    plan: &Plan,
+    stats: &mut Stats,
+) -> Result<()> {
     while let Some(ev) = conn.events.pop_front() {
         let el = match ev {
             StreamEvent::Element(el) => el,
@@ -132,7 +154,9 @@ fn process(conn: &mut Conn, own: &mut Sender, partner: &mut Sender, plan: &Plan,
                     own.outstanding = own.outstanding.saturating_sub(1);
                     continue;
                 }
-                let Some(body) = el.get_child("body", NS_CLIENT) else { continue };
+                let Some(body) = el.get_child("body", NS_CLIENT) else {
+                    continue;
+                };
                 let t = now_ns();
                 let text = body.text();
                 let mut it = text.split(' ');
@@ -168,7 +192,10 @@ fn process(conn: &mut Conn, own: &mut Sender, partner: &mut Sender, plan: &Plan,
 
 /// Runs one pair until sending stops and every message is delivered (or the drain time is up).
 pub async fn run_pair(mut a: Conn, mut b: Conn, plan: Plan) -> (Stats, Conn, Conn) {
-    let mut stats = Stats { lat: vec![Vec::new(); plan.segments.len() + 1], ..Stats::default() };
+    let mut stats = Stats {
+        lat: vec![Vec::new(); plan.segments.len() + 1],
+        ..Stats::default()
+    };
     if let Err(e) = pair_loop(&mut a, &mut b, &plan, &mut stats).await {
         stats.errors.push(e.to_string());
     }
@@ -212,12 +239,18 @@ async fn pair_loop(a: &mut Conn, b: &mut Conn, plan: &Plan, stats: &mut Stats) -
                 }
             }
         }
-        a.flush().await.map_err(|e| anyhow!("write: {}", e.kind()))?;
-        b.flush().await.map_err(|e| anyhow!("write: {}", e.kind()))?;
+        a.flush()
+            .await
+            .map_err(|e| anyhow!("write: {}", e.kind()))?;
+        b.flush()
+            .await
+            .map_err(|e| anyhow!("write: {}", e.kind()))?;
         let wake = if !sending {
             plan.drain_until
         } else if plan.rate > 0.0 {
-            sa.next_due(plan.rate).min(sb.next_due(plan.rate)).min(plan.stop_sending)
+            sa.next_due(plan.rate)
+                .min(sb.next_due(plan.rate))
+                .min(plan.stop_sending)
         } else {
             plan.stop_sending
         };

@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use kabar_xml::{elem, element_to_bytes, Element, ElementExt, Limits, StreamEvent, StreamFramer, NS_CLIENT, NS_STREAMS};
+use kabar_xml::{
+    elem, element_to_bytes, Element, ElementExt, Limits, StreamEvent, StreamFramer, NS_CLIENT,
+    NS_STREAMS,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -77,7 +80,11 @@ pub enum Io {
 }
 
 impl AsyncRead for Io {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -87,7 +94,11 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -125,7 +136,10 @@ pub struct Conn {
 }
 
 fn limits() -> Limits {
-    Limits { max_stanza_bytes: 1 << 20, max_depth: 64 }
+    Limits {
+        max_stanza_bytes: 1 << 20,
+        max_depth: 64,
+    }
 }
 
 impl Conn {
@@ -172,12 +186,18 @@ impl Conn {
 
     pub async fn send_el(&mut self, el: &Element) -> Result<()> {
         self.queue_el(el)?;
-        self.flush().await.map_err(|e| anyhow!("write: {}", e.kind()))
+        self.flush()
+            .await
+            .map_err(|e| anyhow!("write: {}", e.kind()))
     }
 
     /// One read from the socket, framed into `events`. Cancel-safe (the only await is the read).
     pub async fn read_some(&mut self) -> Result<()> {
-        let n = self.io.read(&mut self.rbuf).await.map_err(|e| anyhow!("read: {}", e.kind()))?;
+        let n = self
+            .io
+            .read(&mut self.rbuf)
+            .await
+            .map_err(|e| anyhow!("read: {}", e.kind()))?;
         if n == 0 {
             bail!("connection closed by server");
         }
@@ -200,7 +220,9 @@ impl Conn {
                     }
                 }
             }
-            timeout_at(deadline, self.read_some()).await.map_err(|_| anyhow!("timeout"))??;
+            timeout_at(deadline, self.read_some())
+                .await
+                .map_err(|_| anyhow!("timeout"))??;
         }
     }
 
@@ -216,7 +238,9 @@ impl Conn {
             )
             .as_bytes(),
         );
-        self.flush().await.map_err(|e| anyhow!("write: {}", e.kind()))?;
+        self.flush()
+            .await
+            .map_err(|e| anyhow!("write: {}", e.kind()))?;
         let deadline = Instant::now() + ctx.op_timeout;
         loop {
             let el = self.next_element(deadline).await?;
@@ -232,7 +256,11 @@ impl Conn {
     }
 
     /// Waits for the element `pred` accepts (others are dropped).
-    pub async fn wait_for(&mut self, ctx: &Ctx, pred: impl Fn(&Element) -> bool) -> Result<Element> {
+    pub async fn wait_for(
+        &mut self,
+        ctx: &Ctx,
+        pred: impl Fn(&Element) -> bool,
+    ) -> Result<Element> {
         let deadline = Instant::now() + ctx.op_timeout;
         loop {
             let el = self.next_element(deadline).await?;
@@ -243,14 +271,27 @@ impl Conn {
     }
 
     /// Sends an IQ and waits for its answer; a type='error' answer is an error.
-    pub async fn iq(&mut self, ctx: &Ctx, typ: &str, to: Option<&str>, payload: Element) -> Result<Element> {
+    pub async fn iq(
+        &mut self,
+        ctx: &Ctx,
+        typ: &str,
+        to: Option<&str>,
+        payload: Element,
+    ) -> Result<Element> {
         let id = self.new_id();
-        let mut iq = elem("iq", NS_CLIENT).with_attr("type", typ).with_attr("id", id.clone()).with_child(payload);
+        let mut iq = elem("iq", NS_CLIENT)
+            .with_attr("type", typ)
+            .with_attr("id", id.clone())
+            .with_child(payload);
         if let Some(to) = to {
             iq.set_attr_str("to", to);
         }
         self.send_el(&iq).await?;
-        let r = self.wait_for(ctx, |e| e.name() == "iq" && e.attr("id") == Some(id.as_str())).await?;
+        let r = self
+            .wait_for(ctx, |e| {
+                e.name() == "iq" && e.attr("id") == Some(id.as_str())
+            })
+            .await?;
         if r.attr("type") != Some("result") {
             bail!("iq error: {}", error_condition(&r));
         }
@@ -258,7 +299,9 @@ impl Conn {
     }
 
     pub async fn starttls(&mut self, ctx: &Ctx) -> Result<()> {
-        let Some(connector) = &ctx.tls else { return Ok(()) };
+        let Some(connector) = &ctx.tls else {
+            return Ok(());
+        };
         if self.feature("starttls", NS_TLS).is_none() {
             bail!("STARTTLS not offered");
         }
@@ -267,8 +310,11 @@ impl Conn {
         if r.name() != "proceed" {
             bail!("STARTTLS refused");
         }
-        let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) else { bail!("already TLS") };
-        let name = rustls::pki_types::ServerName::try_from(ctx.domain.clone()).map_err(|_| anyhow!("bad domain"))?;
+        let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) else {
+            bail!("already TLS")
+        };
+        let name = rustls::pki_types::ServerName::try_from(ctx.domain.clone())
+            .map_err(|_| anyhow!("bad domain"))?;
         let tls = timeout(ctx.op_timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| anyhow!("TLS handshake timeout"))?
@@ -281,7 +327,12 @@ impl Conn {
     pub async fn sasl(&mut self, ctx: &Ctx, user: &str) -> Result<()> {
         let offered: Vec<String> = self
             .feature("mechanisms", NS_SASL)
-            .map(|m| m.children().filter(|c| c.is("mechanism", NS_SASL)).map(|c| c.text()).collect())
+            .map(|m| {
+                m.children()
+                    .filter(|c| c.is("mechanism", NS_SASL))
+                    .map(|c| c.text())
+                    .collect()
+            })
             .unwrap_or_default();
         let has = |m: &str| offered.iter().any(|o| o == m);
         let mech = if has(ctx.mech.name()) {
@@ -289,7 +340,10 @@ impl Conn {
         } else if has("PLAIN") {
             Mech::Plain
         } else {
-            bail!("mechanism {} not offered (offered: {offered:?})", ctx.mech.name());
+            bail!(
+                "mechanism {} not offered (offered: {offered:?})",
+                ctx.mech.name()
+            );
         };
         let is_sasl = |e: &Element| e.ns() == NS_SASL;
         match mech {
@@ -305,20 +359,27 @@ impl Conn {
             }
             Mech::ScramSha1 => {
                 let (mut sc, first) = ScramClient::start(user);
-                let auth = elem("auth", NS_SASL).with_attr("mechanism", "SCRAM-SHA-1").with_text(B64.encode(first));
+                let auth = elem("auth", NS_SASL)
+                    .with_attr("mechanism", "SCRAM-SHA-1")
+                    .with_text(B64.encode(first));
                 self.send_el(&auth).await?;
                 let r = self.wait_for(ctx, is_sasl).await?;
                 if r.name() != "challenge" {
                     bail!("auth failed: {}", sasl_condition(&r));
                 }
-                let server_first = B64.decode(r.text().trim()).map_err(|_| anyhow!("scram: bad base64"))?;
+                let server_first = B64
+                    .decode(r.text().trim())
+                    .map_err(|_| anyhow!("scram: bad base64"))?;
                 let fin = sc.respond(&server_first, &ctx.password, &ctx.cache)?;
-                self.send_el(&elem("response", NS_SASL).with_text(B64.encode(fin))).await?;
+                self.send_el(&elem("response", NS_SASL).with_text(B64.encode(fin)))
+                    .await?;
                 let r = self.wait_for(ctx, is_sasl).await?;
                 if r.name() != "success" {
                     bail!("auth failed: {}", sasl_condition(&r));
                 }
-                let data = B64.decode(r.text().trim()).map_err(|_| anyhow!("scram: bad base64"))?;
+                let data = B64
+                    .decode(r.text().trim())
+                    .map_err(|_| anyhow!("scram: bad base64"))?;
                 sc.verify(&data)?;
             }
         }
@@ -334,9 +395,12 @@ impl Conn {
             .and_then(|b| b.get_child("jid", NS_BIND))
             .map(|j| j.text())
             .ok_or_else(|| anyhow!("bind result without jid"))?;
-        let session_needed = self.feature("session", NS_SESSION).is_some_and(|s| !s.has_child("optional", NS_SESSION));
+        let session_needed = self
+            .feature("session", NS_SESSION)
+            .is_some_and(|s| !s.has_child("optional", NS_SESSION));
         if session_needed {
-            self.iq(ctx, "set", None, elem("session", NS_SESSION)).await?;
+            self.iq(ctx, "set", None, elem("session", NS_SESSION))
+                .await?;
         }
         Ok(())
     }
@@ -348,14 +412,23 @@ impl Conn {
             self.queue_el(&elem("presence", NS_CLIENT))?;
         }
         let domain = ctx.domain.clone();
-        self.iq(ctx, "get", Some(&domain), elem("ping", NS_PING)).await?;
+        self.iq(ctx, "get", Some(&domain), elem("ping", NS_PING))
+            .await?;
         Ok(())
     }
 
     /// XEP-0388 SASL2 with XEP-0386 Bind2 inline, authenticating with a XEP-0484 FAST token when
     /// given (one round trip, no PBKDF2 on either side), else SCRAM-SHA-1 and asking for a token.
-    pub async fn sasl2(&mut self, ctx: &Ctx, user: &str, ua_id: &str, token: Option<&str>) -> Result<()> {
-        let auth_feat = self.feature("authentication", NS_SASL2).ok_or_else(|| anyhow!("SASL2 not offered"))?;
+    pub async fn sasl2(
+        &mut self,
+        ctx: &Ctx,
+        user: &str,
+        ua_id: &str,
+        token: Option<&str>,
+    ) -> Result<()> {
+        let auth_feat = self
+            .feature("authentication", NS_SASL2)
+            .ok_or_else(|| anyhow!("SASL2 not offered"))?;
         let fast_mechs: Vec<String> = auth_feat
             .get_child("inline", NS_SASL2)
             .and_then(|i| i.get_child("fast", NS_FAST))
@@ -364,14 +437,20 @@ impl Conn {
         if !fast_mechs.iter().any(|m| m == FAST_MECH) {
             bail!("FAST {FAST_MECH} not offered");
         }
-        let ua = elem("user-agent", NS_SASL2).with_attr("id", ua_id).with_child(elem("software", NS_SASL2).with_text("kabar-load"));
-        let bind = elem("bind", NS_BIND2).with_child(elem("tag", NS_BIND2).with_text(ctx.resource.clone()));
+        let ua = elem("user-agent", NS_SASL2)
+            .with_attr("id", ua_id)
+            .with_child(elem("software", NS_SASL2).with_text("kabar-load"));
+        let bind = elem("bind", NS_BIND2)
+            .with_child(elem("tag", NS_BIND2).with_text(ctx.resource.clone()));
         let is_sasl2 = |e: &Element| e.ns() == NS_SASL2;
         let success = match token {
             Some(token) => {
                 let auth = elem("authenticate", NS_SASL2)
                     .with_attr("mechanism", FAST_MECH)
-                    .with_child(elem("initial-response", NS_SASL2).with_text(B64.encode(scram::ht_sha256_none(user, token))))
+                    .with_child(
+                        elem("initial-response", NS_SASL2)
+                            .with_text(B64.encode(scram::ht_sha256_none(user, token))),
+                    )
                     .with_child(ua)
                     .with_child(elem("fast", NS_FAST))
                     .with_child(bind);
@@ -395,19 +474,31 @@ impl Conn {
                 if r.name() != "challenge" {
                     bail!("auth failed: {}", sasl_condition(&r));
                 }
-                let server_first = B64.decode(r.text().trim()).map_err(|_| anyhow!("scram: bad base64"))?;
+                let server_first = B64
+                    .decode(r.text().trim())
+                    .map_err(|_| anyhow!("scram: bad base64"))?;
                 let fin = sc.respond(&server_first, &ctx.password, &ctx.cache)?;
-                self.send_el(&elem("response", NS_SASL2).with_text(B64.encode(fin))).await?;
+                self.send_el(&elem("response", NS_SASL2).with_text(B64.encode(fin)))
+                    .await?;
                 let r = self.wait_for(ctx, is_sasl2).await?;
                 if r.name() != "success" {
                     bail!("auth failed: {}", sasl_condition(&r));
                 }
-                let data = r.get_child("additional-data", NS_SASL2).map(|d| d.text()).unwrap_or_default();
-                sc.verify(&B64.decode(data.trim()).map_err(|_| anyhow!("scram: bad base64"))?)?;
+                let data = r
+                    .get_child("additional-data", NS_SASL2)
+                    .map(|d| d.text())
+                    .unwrap_or_default();
+                sc.verify(
+                    &B64.decode(data.trim())
+                        .map_err(|_| anyhow!("scram: bad base64"))?,
+                )?;
                 r
             }
         };
-        if let Some(t) = success.get_child("token", NS_FAST).and_then(|t| t.attr("token")) {
+        if let Some(t) = success
+            .get_child("token", NS_FAST)
+            .and_then(|t| t.attr("token"))
+        {
             self.fast_token = Some(t.to_string());
         }
         self.jid = success
@@ -444,26 +535,41 @@ impl Conn {
 
 pub fn check_stream_error(el: &Element) -> Result<()> {
     if el.is("error", NS_STREAMS) {
-        let cond = el.children().next().map(|c| c.name().to_string()).unwrap_or_default();
+        let cond = el
+            .children()
+            .next()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
         bail!("stream error: {cond}");
     }
     Ok(())
 }
 
 fn sasl_condition(el: &Element) -> String {
-    let conds: Vec<&str> = el.children().filter(|c| c.name() != "text").map(|c| c.name()).collect();
+    let conds: Vec<&str> = el
+        .children()
+        .filter(|c| c.name() != "text")
+        .map(|c| c.name())
+        .collect();
     format!("{}[{}]", el.name(), conds.join(","))
 }
 
 pub fn error_condition(iq: &Element) -> String {
     iq.get_child("error", NS_CLIENT)
-        .and_then(|e| e.children().find(|c| c.ns() == NS_STANZAS && c.name() != "text"))
+        .and_then(|e| {
+            e.children()
+                .find(|c| c.ns() == NS_STANZAS && c.name() != "text")
+        })
         .map(|c| c.name().to_string())
         .unwrap_or_else(|| "?".into())
 }
 
 pub fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('\'', "&apos;").replace('"', "&quot;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+        .replace('>', "&gt;")
 }
 
 /// connect, (STARTTLS), SASL, bind, (session), presence, ping.
@@ -555,7 +661,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -564,7 +675,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

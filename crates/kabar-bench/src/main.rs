@@ -50,7 +50,11 @@ impl Scenario {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "kabar-load", version, about = "Server-neutral XMPP c2s load generator (loopback targets only)")]
+#[command(
+    name = "kabar-load",
+    version,
+    about = "Server-neutral XMPP c2s load generator (loopback targets only)"
+)]
 pub struct Args {
     /// login | idle | chat | signup | reconnect | register (provisioning by in-band registration)
     #[arg(value_enum)]
@@ -154,7 +158,9 @@ fn default_cache() -> String {
     let base = std::env::var("BENCH_RUN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir().join("kabar-bench"));
-    base.join("kabar-load-scram-cache.txt").display().to_string()
+    base.join("kabar-load-scram-cache.txt")
+        .display()
+        .to_string()
 }
 
 impl Args {
@@ -164,8 +170,10 @@ impl Args {
 }
 
 fn resolve_loopback(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> =
-        (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
     if addrs.is_empty() {
         return Err(format!("{host} resolves to nothing"));
     }
@@ -180,7 +188,11 @@ fn emit(args: &Args, res: &Map<String, Value>) {
     println!("{line}");
     if let Some(p) = &args.out {
         use std::io::Write;
-        match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             Ok(mut f) => {
                 let _ = writeln!(f, "{line}");
             }
@@ -214,7 +226,8 @@ fn main() -> std::process::ExitCode {
     } else {
         None
     };
-    let cache = ScramCache::new((!args.scram_cache.is_empty()).then(|| PathBuf::from(&args.scram_cache)));
+    let cache =
+        ScramCache::new((!args.scram_cache.is_empty()).then(|| PathBuf::from(&args.scram_cache)));
     let cached_at_start = cache.loaded();
     let ctx = Arc::new(Ctx {
         addr,
@@ -233,13 +246,21 @@ fn main() -> std::process::ExitCode {
     let server_name = args.server_name.clone();
     std::thread::spawn(move || {
         std::thread::sleep(cap + Duration::from_secs(15));
-        println!("{}", json!({"scenario": scenario.name(), "server": server_name, "error": "watchdog: run exceeded --max-seconds"}));
+        println!(
+            "{}",
+            json!({"scenario": scenario.name(), "server": server_name, "error": "watchdog: run exceeded --max-seconds"})
+        );
         std::process::exit(3);
     });
     let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(rt) => rt,
@@ -248,7 +269,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let outcome = runtime.block_on(async {
         let ctx2 = ctx.clone();
         let fut = async {
@@ -267,15 +291,24 @@ fn main() -> std::process::ExitCode {
         Ok(res) => (res, 0),
         Err(_) => {
             let mut m = scenarios::base(&args, args.scenario.name());
-            m.insert("error".into(), json!(format!("hard timeout after {} s", args.max_seconds)));
+            m.insert(
+                "error".into(),
+                json!(format!("hard timeout after {} s", args.max_seconds)),
+            );
             (m, 3)
         }
     };
     ctx.cache.save();
-    res.insert("generator".into(), json!(concat!("kabar-load ", env!("CARGO_PKG_VERSION"))));
+    res.insert(
+        "generator".into(),
+        json!(concat!("kabar-load ", env!("CARGO_PKG_VERSION"))),
+    );
     res.insert("runtime_threads".into(), json!(args.threads.max(1)));
     res.insert("scram_keys_cached_at_start".into(), json!(cached_at_start));
-    res.insert("gen_affinity".into(), json!(metrics::affinity(std::process::id())));
+    res.insert(
+        "gen_affinity".into(),
+        json!(metrics::affinity(std::process::id())),
+    );
     if let Some(pid) = args.pid() {
         res.insert("server_affinity".into(), json!(metrics::affinity(pid)));
     }

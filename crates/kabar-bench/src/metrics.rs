@@ -20,7 +20,8 @@ pub fn now_ns() -> u64 {
 }
 
 pub fn instant_to_ns(t: Instant) -> u64 {
-    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_nanos() as u64
+    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_nanos() as u64
 }
 
 /// utime+stime of a whole process (all threads), seconds.
@@ -35,11 +36,16 @@ pub fn proc_cpu_s(pid: u32) -> Option<f64> {
 
 fn status_field(pid: u32, field: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
 }
 
 pub fn proc_rss_kb(pid: u32) -> Option<u64> {
-    status_field(pid, "VmRSS:")?.split_whitespace().next()?.parse().ok()
+    status_field(pid, "VmRSS:")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// CPUs a process may run on, from `Cpus_allowed_list` ("0-1,3").
@@ -58,9 +64,16 @@ pub fn affinity(pid: u32) -> Option<Vec<u32>> {
 /// Busy CPU seconds of the whole machine (all CPUs), from /proc/stat.
 fn machine_busy_s() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<f64> = text.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<f64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal
-    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0.0);
+    let busy =
+        v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0.0);
     Some(busy / CLK_TCK)
 }
 
@@ -97,7 +110,10 @@ impl CpuMeter {
             }
         }
         if let (Some(m0), Some(m1)) = (self.m0, machine_busy_s()) {
-            out.insert("other_cpu_pct".into(), json!(round1((100.0 * (m1 - m0 - s - g) / dt).max(0.0))));
+            out.insert(
+                "other_cpu_pct".into(),
+                json!(round1((100.0 * (m1 - m0 - s - g) / dt).max(0.0))),
+            );
         }
         out
     }
@@ -118,7 +134,8 @@ pub fn pct(sorted: &[u64], p: f64) -> Option<u64> {
     }
     let n = sorted.len() as f64;
     // Python's round() rounds half to even.
-    let k = ((p / 100.0 * n + 0.5).round_ties_even() as i64 - 1).clamp(0, sorted.len() as i64 - 1) as usize;
+    let k = ((p / 100.0 * n + 0.5).round_ties_even() as i64 - 1).clamp(0, sorted.len() as i64 - 1)
+        as usize;
     Some(sorted[k])
 }
 

@@ -41,7 +41,10 @@ pub fn base(args: &Args, scenario: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("scenario".into(), json!(scenario));
     m.insert("server".into(), json!(args.server_name));
-    m.insert("target".into(), json!(format!("{}:{}", args.host, args.port)));
+    m.insert(
+        "target".into(),
+        json!(format!("{}:{}", args.host, args.port)),
+    );
     m.insert("domain".into(), json!(args.domain));
     m.insert("mech".into(), json!(args.mech.name()));
     m.insert("tls".into(), json!(args.tls));
@@ -87,7 +90,12 @@ async fn login_many(
             (idx, r, now_ns() - t0)
         });
     }
-    let mut out = Logins { conns: Vec::new(), errors: Errors::new(), lat: Vec::new(), done_at: Vec::new() };
+    let mut out = Logins {
+        conns: Vec::new(),
+        errors: Errors::new(),
+        lat: Vec::new(),
+        done_at: Vec::new(),
+    };
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((idx, Ok(c), dt)) => {
@@ -108,7 +116,10 @@ async fn close_all(conns: Vec<Conn>) {
     for c in conns {
         set.spawn(c.close());
     }
-    let _ = timeout(Duration::from_secs(10), async { while set.join_next().await.is_some() {} }).await;
+    let _ = timeout(Duration::from_secs(10), async {
+        while set.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 fn idx_range(args: &Args, n: u64) -> Vec<u64> {
@@ -120,7 +131,16 @@ pub async fn login(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let rss0 = pid.and_then(proc_rss_kb);
     let cpu = CpuMeter::start(pid);
     let t0 = Instant::now();
-    let l = login_many(&ctx, idx_range(args, args.users), args.concurrency, None, false, &BTreeMap::new(), SMALL_BUF).await;
+    let l = login_many(
+        &ctx,
+        idx_range(args, args.users),
+        args.concurrency,
+        None,
+        false,
+        &BTreeMap::new(),
+        SMALL_BUF,
+    )
+    .await;
     let dt = t0.elapsed().as_secs_f64();
     let mut res = base(args, "login");
     res.insert("users".into(), json!(args.users));
@@ -128,12 +148,18 @@ pub async fn login(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     res.insert("ok".into(), json!(l.conns.len()));
     res.insert("errors".into(), errors_json(&l.errors));
     res.insert("seconds".into(), json!(round3(dt)));
-    res.insert("logins_per_s".into(), json!(round1(l.conns.len() as f64 / dt)));
+    res.insert(
+        "logins_per_s".into(),
+        json!(round1(l.conns.len() as f64 / dt)),
+    );
     lat_summary(&mut res, l.lat, "login_");
     res.extend(cpu.read());
     if pid.is_some() {
         res.insert("server_rss_kb_before".into(), json!(rss0));
-        res.insert("server_rss_kb_after".into(), json!(pid.and_then(proc_rss_kb)));
+        res.insert(
+            "server_rss_kb_after".into(),
+            json!(pid.and_then(proc_rss_kb)),
+        );
     }
     close_all(l.conns.into_iter().map(|(_, c)| c).collect()).await;
     sleep(Duration::from_millis(500)).await;
@@ -146,7 +172,16 @@ pub async fn idle(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let cpu = CpuMeter::start(pid);
     let t0 = Instant::now();
     let deadline = Some(t0 + Duration::from_secs_f64(args.duration * 20.0));
-    let l = login_many(&ctx, idx_range(args, args.users), args.concurrency, deadline, false, &BTreeMap::new(), SMALL_BUF).await;
+    let l = login_many(
+        &ctx,
+        idx_range(args, args.users),
+        args.concurrency,
+        deadline,
+        false,
+        &BTreeMap::new(),
+        SMALL_BUF,
+    )
+    .await;
     let t_login = t0.elapsed().as_secs_f64();
     let login_cpu = cpu.read();
     sleep(Duration::from_secs_f64(args.duration)).await;
@@ -163,7 +198,15 @@ pub async fn idle(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
         set.spawn(async move {
             let _p = sem.acquire_owned().await;
             let domain = ctx.domain.clone();
-            let ok = c.iq(&ctx, "get", Some(&domain), kabar_xml::elem("ping", conn::NS_PING)).await.is_ok();
+            let ok = c
+                .iq(
+                    &ctx,
+                    "get",
+                    Some(&domain),
+                    kabar_xml::elem("ping", conn::NS_PING),
+                )
+                .await
+                .is_ok();
             (ok, c)
         });
     }
@@ -182,12 +225,20 @@ pub async fn idle(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     res.insert("connect_s".into(), json!(round3(t_login)));
     res.insert("errors".into(), errors_json(&l.errors));
     res.insert("login_phase_cpu".into(), Value::Object(login_cpu));
-    res.insert("idle_phase_server_cpu_pct".into(), idle_cpu.get("server_cpu_pct").cloned().unwrap_or(Value::Null));
+    res.insert(
+        "idle_phase_server_cpu_pct".into(),
+        idle_cpu
+            .get("server_cpu_pct")
+            .cloned()
+            .unwrap_or(Value::Null),
+    );
     if pid.is_some() {
         res.insert("server_rss_kb_before".into(), json!(rss0));
         res.insert("server_rss_kb_held".into(), json!(rss1));
         let per = match (rss0, rss1) {
-            (Some(a), Some(b)) if connected > 0 => json!(((b as f64 - a as f64) / connected as f64 * 100.0).round() / 100.0),
+            (Some(a), Some(b)) if connected > 0 => {
+                json!(((b as f64 - a as f64) / connected as f64 * 100.0).round() / 100.0)
+            }
             _ => Value::Null,
         };
         res.insert("rss_kb_per_conn".into(), per);
@@ -211,7 +262,10 @@ async fn run_pairs(pairs: Vec<(Conn, Conn)>, plan: &Plan) -> (Stats, Vec<Conn>) 
     for (a, b) in pairs {
         set.spawn(chat::run_pair(a, b, plan.clone()));
     }
-    let mut total = Stats { lat: vec![Vec::new(); plan.segments.len() + 1], ..Stats::default() };
+    let mut total = Stats {
+        lat: vec![Vec::new(); plan.segments.len() + 1],
+        ..Stats::default()
+    };
     let mut conns = Vec::new();
     while let Some(r) = set.join_next().await {
         if let Ok((s, a, b)) = r {
@@ -241,7 +295,16 @@ fn error_summary(stats: &Stats) -> Value {
 
 pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let n = 2 * args.pairs;
-    let l = login_many(&ctx, idx_range(args, n), args.concurrency, None, false, &BTreeMap::new(), CHAT_BUF).await;
+    let l = login_many(
+        &ctx,
+        idx_range(args, n),
+        args.concurrency,
+        None,
+        false,
+        &BTreeMap::new(),
+        CHAT_BUF,
+    )
+    .await;
     if (l.conns.len() as u64) < n {
         let mut res = base(args, "chat");
         res.insert("error".into(), json!("could not log in all users"));
@@ -278,16 +341,30 @@ pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let span = send_s.max((stats.last_recv_ns as f64 - t0ns) / 1e9);
     let mut res = base(args, "chat");
     res.insert("pairs".into(), json!(args.pairs));
-    let mode = if rate > 0.0 { format!("rate {}/s/sender", round3(rate)) } else { format!("flat-out window {}", args.window) };
+    let mode = if rate > 0.0 {
+        format!("rate {}/s/sender", round3(rate))
+    } else {
+        format!("flat-out window {}", args.window)
+    };
     res.insert("mode".into(), json!(mode));
-    res.insert("rate_total_target".into(), json!(if rate > 0.0 { Some(round1(rate * n as f64)) } else { None }));
+    res.insert(
+        "rate_total_target".into(),
+        json!(if rate > 0.0 {
+            Some(round1(rate * n as f64))
+        } else {
+            None
+        }),
+    );
     res.insert("duration_s".into(), json!(round3(send_s)));
     res.insert("sent".into(), json!(stats.sent));
     res.insert("delivered".into(), json!(stats.recv));
     res.insert("lost".into(), json!(stats.sent as i64 - stats.recv as i64));
     res.insert("bad".into(), json!(stats.bad));
     res.insert("bounced".into(), json!(stats.bounced));
-    res.insert("delivered_per_s".into(), json!(round1(stats.recv as f64 / span)));
+    res.insert(
+        "delivered_per_s".into(),
+        json!(round1(stats.recv as f64 / span)),
+    );
     res.insert("body_bytes".into(), json!(args.body_bytes));
     res.insert("no_store_hint".into(), json!(args.no_store));
     res.insert("session_errors".into(), error_summary(&stats));
@@ -301,7 +378,16 @@ pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
 
 pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let n = 2 * args.pairs;
-    let l = login_many(&ctx, idx_range(args, n), args.concurrency, None, false, &BTreeMap::new(), CHAT_BUF).await;
+    let l = login_many(
+        &ctx,
+        idx_range(args, n),
+        args.concurrency,
+        None,
+        false,
+        &BTreeMap::new(),
+        CHAT_BUF,
+    )
+    .await;
     if (l.conns.len() as u64) < n {
         let mut res = base(args, "signup");
         res.insert("error".into(), json!("could not log in all users"));
@@ -313,7 +399,10 @@ pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let rate = per_sender_rate(args, n);
     if rate <= 0.0 {
         let mut res = base(args, "signup");
-        res.insert("error".into(), json!("signup needs --rate or --total-rate > 0 (a fixed, moderate chat rate)"));
+        res.insert(
+            "error".into(),
+            json!("signup needs --rate or --total-rate > 0 (a fixed, moderate chat rate)"),
+        );
         return res;
     }
     let t0 = Instant::now();
@@ -330,7 +419,13 @@ pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
         no_store: args.no_store,
     };
     let pid = args.pid();
-    let run_tag = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64 & 0xff_ffff_ffff).unwrap_or(0));
+    let run_tag = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64 & 0xff_ffff_ffff)
+            .unwrap_or(0)
+    );
     let counter = Arc::new(AtomicU64::new(0));
     let workers = args.concurrency.max(1);
     let reg_rate = args.reg_rate;
@@ -401,7 +496,14 @@ pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let (stats, conns) = run_pairs(pair_up(l.conns), &plan).await;
     let (ok, reg_lat, fail, elapsed, cpu_base, cpu_surge) = match surge.await {
         Ok(v) => v,
-        Err(e) => (0, Vec::new(), Errors::from([(format!("task: {e}"), 1)]), args.duration, Map::new(), Map::new()),
+        Err(e) => (
+            0,
+            Vec::new(),
+            Errors::from([(format!("task: {e}"), 1)]),
+            args.duration,
+            Map::new(),
+            Map::new(),
+        ),
     };
     let mut res = base(args, "signup");
     res.insert("pairs".into(), json!(args.pairs));
@@ -409,10 +511,16 @@ pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     res.insert("baseline_s".into(), json!(args.baseline));
     res.insert("surge_s".into(), json!(args.duration));
     res.insert("reg_workers".into(), json!(workers));
-    res.insert("reg_rate_target".into(), json!(if reg_rate > 0.0 { Some(reg_rate) } else { None }));
+    res.insert(
+        "reg_rate_target".into(),
+        json!(if reg_rate > 0.0 { Some(reg_rate) } else { None }),
+    );
     res.insert("registrations_ok".into(), json!(ok));
     res.insert("registration_failures".into(), json!(fail));
-    res.insert("registrations_per_s".into(), json!(round1(ok as f64 / elapsed.max(1e-9))));
+    res.insert(
+        "registrations_per_s".into(),
+        json!(round1(ok as f64 / elapsed.max(1e-9))),
+    );
     res.insert("sent".into(), json!(stats.sent));
     res.insert("delivered".into(), json!(stats.recv));
     res.insert("lost".into(), json!(stats.sent as i64 - stats.recv as i64));
@@ -432,7 +540,16 @@ pub async fn reconnect(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let pid = args.pid();
     let idxs = idx_range(args, args.users);
     let t_init = Instant::now();
-    let first = login_many(&ctx, idxs.clone(), args.concurrency, None, args.fast, &BTreeMap::new(), SMALL_BUF).await;
+    let first = login_many(
+        &ctx,
+        idxs.clone(),
+        args.concurrency,
+        None,
+        args.fast,
+        &BTreeMap::new(),
+        SMALL_BUF,
+    )
+    .await;
     let init_s = t_init.elapsed().as_secs_f64();
     let connected = first.conns.len();
     let mut tokens = BTreeMap::new();
@@ -454,8 +571,22 @@ pub async fn reconnect(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
         c.abort(args.rst);
     }
     // ...and reconnects at once (at most --concurrency logins in flight).
-    let again = login_many(&ctx, online, args.concurrency, None, args.fast, &tokens, SMALL_BUF).await;
-    let back_s = again.done_at.iter().max().map(|t| (t - t_drop) as f64 / 1e9).unwrap_or(0.0);
+    let again = login_many(
+        &ctx,
+        online,
+        args.concurrency,
+        None,
+        args.fast,
+        &tokens,
+        SMALL_BUF,
+    )
+    .await;
+    let back_s = again
+        .done_at
+        .iter()
+        .max()
+        .map(|t| (t - t_drop) as f64 / 1e9)
+        .unwrap_or(0.0);
     let mut res = base(args, "reconnect");
     res.insert("sessions".into(), json!(args.users));
     res.insert("concurrency".into(), json!(args.concurrency));
@@ -469,8 +600,15 @@ pub async fn reconnect(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     res.insert("back_online".into(), json!(again.conns.len()));
     res.insert("errors".into(), errors_json(&again.errors));
     res.insert("all_back_s".into(), json!(round3(back_s)));
-    res.insert("logins_per_s".into(), json!(round1(again.conns.len() as f64 / back_s.max(1e-9))));
-    lat_summary(&mut res, again.done_at.iter().map(|t| t - t_drop).collect(), "online_");
+    res.insert(
+        "logins_per_s".into(),
+        json!(round1(again.conns.len() as f64 / back_s.max(1e-9))),
+    );
+    lat_summary(
+        &mut res,
+        again.done_at.iter().map(|t| t - t_drop).collect(),
+        "online_",
+    );
     lat_summary(&mut res, again.lat, "login_");
     res.extend(cpu.read());
     close_all(again.conns.into_iter().map(|(_, c)| c).collect()).await;
@@ -510,7 +648,9 @@ pub async fn register(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
                         if conn.is_none() {
                             conn = Some((conn::register_conn(&ctx).await?, 0));
                         }
-                        let (c, n) = conn.as_mut().ok_or_else(|| anyhow::anyhow!("no connection"))?;
+                        let (c, n) = conn
+                            .as_mut()
+                            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
                         *n += 1;
                         conn::register_on(c, &ctx, &name).await
                     }
@@ -551,6 +691,9 @@ pub async fn register(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     res.insert("existed".into(), json!(existed));
     res.insert("errors".into(), json!(fail));
     res.insert("seconds".into(), json!(round3(dt)));
-    res.insert("registrations_per_s".into(), json!(round1(created as f64 / dt.max(1e-9))));
+    res.insert(
+        "registrations_per_s".into(),
+        json!(round1(created as f64 / dt.max(1e-9))),
+    );
     res
 }

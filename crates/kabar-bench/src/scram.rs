@@ -22,7 +22,8 @@ type HmacSha1 = Hmac<Sha1>;
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 20] {
     // HMAC takes keys of any length.
-    let mut mac = <HmacSha1 as hmac::digest::KeyInit>::new_from_slice(key).expect("hmac accepts any key length");
+    let mut mac = <HmacSha1 as hmac::digest::KeyInit>::new_from_slice(key)
+        .expect("hmac accepts any key length");
     mac.update(msg);
     mac.finalize().into_bytes().into()
 }
@@ -40,7 +41,9 @@ impl ScramCache {
         if let Some(p) = &path {
             if let Ok(text) = std::fs::read_to_string(p) {
                 for line in text.lines() {
-                    let Some((k, v)) = line.rsplit_once(' ') else { continue };
+                    let Some((k, v)) = line.rsplit_once(' ') else {
+                        continue;
+                    };
                     let Ok(bytes) = B64.decode(v) else { continue };
                     if let Ok(arr) = <[u8; 20]>::try_from(bytes.as_slice()) {
                         map.insert(k.to_string(), arr);
@@ -49,7 +52,11 @@ impl ScramCache {
             }
         }
         let loaded = map.len();
-        ScramCache { map: Mutex::new(map), loaded, path }
+        ScramCache {
+            map: Mutex::new(map),
+            loaded,
+            path,
+        }
     }
 
     pub fn loaded(&self) -> usize {
@@ -95,7 +102,10 @@ impl ScramCache {
             std::fs::rename(&tmp, p)
         };
         if let Err(e) = write(path) {
-            eprintln!("warning: could not save the SCRAM cache {}: {e}", path.display());
+            eprintln!(
+                "warning: could not save the SCRAM cache {}: {e}",
+                path.display()
+            );
         }
     }
 }
@@ -124,18 +134,38 @@ impl ScramClient {
         let cnonce = B64.encode(raw);
         let first_bare = format!("n={},r={cnonce}", saslname(user));
         let msg = format!("n,,{first_bare}").into_bytes();
-        (ScramClient { cnonce, first_bare, server_signature: None }, msg)
+        (
+            ScramClient {
+                cnonce,
+                first_bare,
+                server_signature: None,
+            },
+            msg,
+        )
     }
 
     /// Takes the server-first-message, returns the client-final-message.
-    pub fn respond(&mut self, server_first: &[u8], password: &str, cache: &ScramCache) -> Result<Vec<u8>> {
-        let sf = std::str::from_utf8(server_first).map_err(|_| anyhow!("scram: server-first not UTF-8"))?;
+    pub fn respond(
+        &mut self,
+        server_first: &[u8],
+        password: &str,
+        cache: &ScramCache,
+    ) -> Result<Vec<u8>> {
+        let sf = std::str::from_utf8(server_first)
+            .map_err(|_| anyhow!("scram: server-first not UTF-8"))?;
         let (mut nonce, mut salt, mut iters) = (None, None, None);
         for part in sf.split(',') {
             match part.split_once('=') {
                 Some(("r", v)) => nonce = Some(v),
-                Some(("s", v)) => salt = Some(B64.decode(v).map_err(|_| anyhow!("scram: bad salt"))?),
-                Some(("i", v)) => iters = Some(v.parse::<u32>().map_err(|_| anyhow!("scram: bad iteration count"))?),
+                Some(("s", v)) => {
+                    salt = Some(B64.decode(v).map_err(|_| anyhow!("scram: bad salt"))?)
+                }
+                Some(("i", v)) => {
+                    iters = Some(
+                        v.parse::<u32>()
+                            .map_err(|_| anyhow!("scram: bad iteration count"))?,
+                    )
+                }
                 Some(("m", _)) => bail!("scram: unsupported mandatory extension"),
                 _ => {}
             }
@@ -155,7 +185,11 @@ impl ScramClient {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{sf},{without_proof}", self.first_bare);
         let client_sig = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(client_sig.iter()).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(client_sig.iter())
+            .map(|(a, b)| a ^ b)
+            .collect();
         let server_key = hmac(&sp, b"Server Key");
         self.server_signature = Some(hmac(&server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
@@ -163,12 +197,17 @@ impl ScramClient {
 
     /// Checks the server-final-message (`v=…`): the server proves it knew the keys too.
     pub fn verify(&self, server_final: &[u8]) -> Result<()> {
-        let sf = std::str::from_utf8(server_final).map_err(|_| anyhow!("scram: server-final not UTF-8"))?;
+        let sf = std::str::from_utf8(server_final)
+            .map_err(|_| anyhow!("scram: server-final not UTF-8"))?;
         if let Some(e) = sf.strip_prefix("e=") {
             bail!("scram: server error {e}");
         }
-        let v = sf.strip_prefix("v=").ok_or_else(|| anyhow!("scram: no server signature"))?;
-        let v = B64.decode(v.split(',').next().unwrap_or_default()).map_err(|_| anyhow!("scram: bad server signature"))?;
+        let v = sf
+            .strip_prefix("v=")
+            .ok_or_else(|| anyhow!("scram: no server signature"))?;
+        let v = B64
+            .decode(v.split(',').next().unwrap_or_default())
+            .map_err(|_| anyhow!("scram: bad server signature"))?;
         match self.server_signature {
             Some(expected) if expected.as_slice() == v.as_slice() => Ok(()),
             _ => bail!("scram: server signature mismatch"),
@@ -211,27 +250,42 @@ mod tests {
             server_signature: None,
         };
         let fin = c
-            .respond(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096", "pencil", &cache)
+            .respond(
+                b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+                "pencil",
+                &cache,
+            )
             .expect("respond");
         assert_eq!(
             String::from_utf8(fin).expect("utf8"),
             "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
         );
-        c.verify(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=").expect("server signature");
+        c.verify(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+            .expect("server signature");
         assert!(c.verify(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAA=").is_err());
         // second use hits the cache and gives the same answer
         let fin2 = c
-            .respond(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096", "pencil", &cache)
+            .respond(
+                b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+                "pencil",
+                &cache,
+            )
             .expect("respond");
-        assert!(String::from_utf8(fin2).expect("utf8").ends_with("p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="));
+        assert!(String::from_utf8(fin2)
+            .expect("utf8")
+            .ends_with("p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="));
     }
 
     #[test]
     fn nonce_must_extend_ours() {
         let cache = ScramCache::new(None);
         let (mut c, first) = ScramClient::start("u1");
-        assert!(String::from_utf8(first).expect("utf8").starts_with("n,,n=u1,r="));
-        assert!(c.respond(b"r=other,s=QSXCR+Q6sek8bf92,i=4096", "x", &cache).is_err());
+        assert!(String::from_utf8(first)
+            .expect("utf8")
+            .starts_with("n,,n=u1,r="));
+        assert!(c
+            .respond(b"r=other,s=QSXCR+Q6sek8bf92,i=4096", "x", &cache)
+            .is_err());
     }
 
     #[test]
