@@ -113,7 +113,7 @@ pub(crate) fn fts_query(text: &str) -> Option<String> {
 }
 
 fn run_query(conn: &mut Connection, owner: &str, q: &ArchiveQuery) -> Result<Option<ArchivePage>> {
-    let tx = conn.transaction().ctx("archive_query: begin")?;
+    let tx = conn.savepoint().ctx("archive_query: begin")?;
     let mut filter = String::from("owner = ?");
     let mut args: Vec<Value> = vec![Value::Text(owner.to_owned())];
 

@@ -2,12 +2,14 @@
 //!
 //! Durability: WAL journal with `synchronous=FULL` (plus `fullfsync` where the OS has it), so every
 //! commit is fsynced before the call returns Ok and survives kill -9 and power loss.
-//! Threading: rusqlite is blocking, so every operation runs on `tokio::task::spawn_blocking`. All
-//! writes go through one connection behind a `std::sync::Mutex` (SQLite admits one writer anyway);
-//! file databases also get a small pool of read-only connections so reads never queue behind a
-//! slow write (WAL lets readers proceed during a write). No lock is ever held across an `.await`.
+//! Threading: rusqlite is blocking. All writes go to one writer thread (SQLite admits one writer
+//! anyway) that commits them in groups: writes queued while a commit is being fsynced share the
+//! next transaction, each in its own savepoint (see [`writer`]). Reads run on
+//! `tokio::task::spawn_blocking` with a small pool of read-only connections, so they never queue
+//! behind a slow write (WAL lets readers proceed during a write). No lock is held across an `.await`.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +18,7 @@ use kabar_storage::{
     AccountCredentials, AccountStore, KvStore, OfflineStore, Result, RosterItem, RosterStore,
     ScramCredentials, StoreError, Subscription,
 };
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Savepoint, TransactionBehavior};
 
 /// Reader connections opened for a file database.
 const READERS: usize = 4;
@@ -140,6 +142,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 mod archive;
+mod writer;
 
 /// A kabar store in one SQLite database. Cheap to clone (all clones share the connections).
 #[derive(Clone)]
@@ -148,7 +151,8 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    /// The writer thread's queue ([`writer`]).
+    writer: SyncSender<writer::Job>,
     /// Empty for in-memory databases (a private in-memory database has exactly one connection);
     /// reads then use the writer.
     readers: Pool,
@@ -234,7 +238,7 @@ impl SqliteStore {
             configure(&r, false)?;
             readers.push(r);
         }
-        Ok(Self::from_parts(writer, readers, Some(path.to_owned())))
+        Self::from_parts(writer, readers, Some(path.to_owned()))
     }
 
     /// A private, empty in-memory database (for tests). Not durable; reads share the writer.
@@ -242,14 +246,16 @@ impl SqliteStore {
         let mut conn = Connection::open_in_memory().ctx("opening in-memory database")?;
         configure(&conn, true)?;
         migrate(&mut conn)?;
-        Ok(Self::from_parts(conn, Vec::new(), None))
+        Self::from_parts(conn, Vec::new(), None)
     }
 
-    fn from_parts(writer: Connection, readers: Vec<Connection>, path: Option<PathBuf>) -> Self {
+    fn from_parts(writer: Connection, readers: Vec<Connection>, path: Option<PathBuf>) -> Result<Self> {
         let size = readers.len();
-        SqliteStore {
+        let writer = writer::spawn(writer)
+            .map_err(|e| StoreError::Backend(format!("sqlite: starting the writer thread: {e}")))?;
+        Ok(SqliteStore {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
+                writer,
                 readers: Pool {
                     idle: Mutex::new(readers),
                     returned: Condvar::new(),
@@ -257,7 +263,7 @@ impl SqliteStore {
                 },
                 path,
             }),
-        }
+        })
     }
 
     /// The database file, or `None` for an in-memory store.
@@ -279,22 +285,25 @@ impl SqliteStore {
         .await
     }
 
-    /// Runs `f` with the writer connection on the blocking pool.
+    /// Runs `f` on the writer thread, inside a savepoint of a group-committed transaction; the
+    /// result comes back once that transaction is durable.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || {
-            let mut conn = lock(&inner.writer);
-            if !conn.is_autocommit() {
-                // Only possible after a panic mid-transaction; never build on half a change.
-                conn.execute_batch("ROLLBACK").ctx("rolling back an abandoned transaction")?;
+        let gone = || StoreError::Backend("sqlite: the writer thread has stopped".into());
+        let (reply, result) = tokio::sync::oneshot::channel();
+        match self.inner.writer.try_send(writer::job(f, reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                // Back-pressure: wait for room off the async threads.
+                let queue = self.inner.writer.clone();
+                run_blocking(move || queue.send(job).map_err(|_| gone())).await?;
             }
-            f(&mut conn)
-        })
-        .await
+            Err(TrySendError::Disconnected(_)) => return Err(gone()),
+        }
+        result.await.map_err(|_| gone())?
     }
 
     /// Runs `f` with a reader connection (the writer for in-memory stores) on the blocking pool.
@@ -400,9 +409,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     tx.commit().ctx("committing migrations")
 }
 
-fn immediate(conn: &mut Connection) -> Result<Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
-        .ctx("starting write transaction")
+/// A nested unit of a write: on the writer thread every write already runs inside the batch
+/// transaction, so multi-statement writes group their statements in a savepoint.
+fn immediate(conn: &mut Connection) -> Result<Savepoint<'_>> {
+    conn.savepoint().ctx("starting write savepoint")
 }
 
 fn is_primary_key_violation(e: &rusqlite::Error) -> bool {
@@ -574,7 +584,7 @@ fn roster_version(conn: &Connection, user: &str) -> Result<u64> {
 }
 
 /// Increments the user's roster version inside `tx` and returns the new value.
-fn bump_roster_version(tx: &Transaction<'_>, user: &str) -> Result<u64> {
+fn bump_roster_version(tx: &Connection, user: &str) -> Result<u64> {
     let v: i64 = tx
         .prepare_cached(
             "INSERT INTO roster_version (user, version)
@@ -631,7 +641,7 @@ impl RosterStore for SqliteStore {
         let user = user.to_owned();
         self.read(move |conn| {
             // One read transaction: items and version come from the same snapshot.
-            let tx = conn.transaction().ctx("roster: begin")?;
+            let tx = conn.savepoint().ctx("roster: begin")?;
             let rows: Vec<RosterRow> = {
                 let mut stmt = tx
                     .prepare_cached(
@@ -677,7 +687,7 @@ impl RosterStore for SqliteStore {
         let user = user.to_owned();
         let contact = contact.to_owned();
         self.read(move |conn| {
-            let tx = conn.transaction().ctx("roster_item: begin")?;
+            let tx = conn.savepoint().ctx("roster_item: begin")?;
             let item = load_roster_item(&tx, &user, &contact)?;
             tx.finish().ctx("roster_item: end")?;
             Ok(item)
@@ -884,18 +894,21 @@ mod tests {
     fn connections_are_configured_for_durability() {
         let path = std::env::temp_dir().join(format!("kabar-storage-sqlite-unit-{}.db", std::process::id()));
         let store = SqliteStore::open(&path).expect("open");
-        {
-            let w = lock(&store.inner.writer);
-            let q = |p: &str| -> String {
-                w.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
-                    .map(|v| format!("{v:?}"))
-                    .expect("pragma")
-            };
-            assert_eq!(q("journal_mode"), "Text(\"wal\")");
-            assert_eq!(q("synchronous"), "Integer(2)", "synchronous=FULL");
-            assert_eq!(q("foreign_keys"), "Integer(1)");
-            assert_eq!(q("busy_timeout"), "Integer(10000)");
-        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let pragmas = rt
+            .block_on(store.write(|w| {
+                let q = |p: &str| -> Result<String> {
+                    w.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
+                        .map(|v| format!("{v:?}"))
+                        .ctx(p)
+                };
+                Ok([q("journal_mode")?, q("synchronous")?, q("foreign_keys")?, q("busy_timeout")?])
+            }))
+            .expect("pragmas");
+        assert_eq!(pragmas[0], "Text(\"wal\")");
+        assert_eq!(pragmas[1], "Integer(2)", "synchronous=FULL");
+        assert_eq!(pragmas[2], "Integer(1)");
+        assert_eq!(pragmas[3], "Integer(10000)");
         let readers = lock(&store.inner.readers.idle);
         assert_eq!(readers.len(), READERS);
         for r in readers.iter() {

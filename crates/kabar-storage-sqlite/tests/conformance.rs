@@ -322,3 +322,37 @@ async fn archive_queries_use_indexes() {
         assert!(!p.contains("TEMP B-TREE"), "no sort step: {sql}\n  plan: {p}");
     }
 }
+
+/// Group commit: concurrent writes share transactions, yet each keeps its own outcome. Here many
+/// tasks create accounts at once and half of them collide on a name: every collision fails alone
+/// with `AlreadyExists`, every other account is created, and all of it is on disk after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_isolates_failed_writes_from_their_batch() {
+    use kabar_storage::{AccountStore, StoreError};
+    let mut db = TempDb::new();
+    const N: u8 = 200;
+    let mut handles = Vec::new();
+    for n in 0..N {
+        let s = db.store().clone();
+        handles.push(tokio::spawn(async move {
+            // Even n and n+1 share a name, so one of each pair must fail.
+            let user = format!("user{}@example.org", n / 2);
+            (n, s.create_account(&user, &creds(n)).await)
+        }));
+    }
+    let mut created = 0;
+    let mut collided = 0;
+    for h in handles {
+        match h.await.expect("task").1 {
+            Ok(()) => created += 1,
+            Err(StoreError::AlreadyExists) => collided += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((created, collided), (usize::from(N / 2), usize::from(N / 2)));
+    db.reopen();
+    for u in 0..N / 2 {
+        let user = format!("user{u}@example.org");
+        assert!(db.store().credentials(&user).await.expect("read").is_some(), "{user} is on disk");
+    }
+}
