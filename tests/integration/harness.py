@@ -314,7 +314,9 @@ class Server:
 
     def add_user(self, user: str, password: str) -> None:
         """`kabar user add` (the contract promises it works while the server is stopped)."""
-        self.kabar("user", "add", self.jid(user), "--password", password, "--data", str(self.data_dir))
+        # --config too: the accounts go to the store the server will use (e.g. [storage] postgres).
+        self.kabar("user", "add", self.jid(user), "--password", password, "--config", str(self.config_path),
+                   "--data", str(self.data_dir))
         self.passwords[self.jid(user)] = password
 
     # -- lifecycle

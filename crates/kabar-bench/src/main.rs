@@ -13,6 +13,7 @@ mod chat;
 mod conn;
 mod metrics;
 mod scenarios;
+mod muc;
 mod scram;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -34,6 +35,8 @@ pub enum Scenario {
     Signup,
     Reconnect,
     Register,
+    /// XEP-0045 fan-out: one poster, N readers in a room (see muc.rs).
+    Muc,
 }
 
 impl Scenario {
@@ -45,6 +48,7 @@ impl Scenario {
             Scenario::Signup => "signup",
             Scenario::Reconnect => "reconnect",
             Scenario::Register => "register",
+            Scenario::Muc => "muc",
         }
     }
 }
@@ -283,6 +287,7 @@ fn main() -> std::process::ExitCode {
                 Scenario::Signup => scenarios::signup(&args, ctx2).await,
                 Scenario::Reconnect => scenarios::reconnect(&args, ctx2).await,
                 Scenario::Register => scenarios::register(&args, ctx2).await,
+                Scenario::Muc => muc::muc(&args, ctx2).await,
             }
         };
         tokio::time::timeout(cap, fut).await

@@ -22,8 +22,19 @@ pub struct Config {
     pub ping: PingConfig,
     pub stream_management: StreamManagementConfig,
     pub archive: ArchiveConfig,
+    pub pep: PepConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// XEP-0363 HTTP file upload (docs/UPLOAD.md).
+    pub upload: UploadConfig,
+    /// XEP-0215 STUN/TURN servers offered to clients (docs/CALLS.md).
+    pub external_services: ExternalServicesConfig,
+    /// The built-in outage monitor and status page (docs/MONITOR.md).
+    pub monitor: crate::monitor_config::MonitorSection,
+    /// XEP-0045 multi-user chat service (docs/MUC.md).
+    pub muc: MucConfig,
+    /// Which database holds accounts, rosters, offline messages and archives (docs/STORAGE.md).
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -40,8 +51,14 @@ impl Default for Config {
             ping: PingConfig::default(),
             stream_management: StreamManagementConfig::default(),
             archive: ArchiveConfig::default(),
+            pep: PepConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            upload: UploadConfig::default(),
+            external_services: ExternalServicesConfig::default(),
+            monitor: crate::monitor_config::MonitorSection::default(),
+            muc: MucConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -279,8 +296,199 @@ impl Default for LogConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PepConfig {
+    /// Items a PEP node keeps when neither its configuration nor the publish-options name
+    /// `pubsub#max_items` (XEP-0163 / XEP-0060 §16.4.4).
+    pub default_max_items: usize,
+    /// Most items any one node may keep; a larger `pubsub#max_items` (or "max") is capped to it.
+    pub max_items_cap: usize,
+    /// Most PEP nodes one account may have; creating more fails with <not-acceptable/>.
+    pub max_nodes: usize,
+    /// Largest item payload accepted, serialised, in bytes (avatars included).
+    pub max_item_bytes: usize,
+    /// XEP-0115 capability hashes remembered (ver → +notify interests).
+    pub caps_cache: usize,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig { default_max_items: 1, max_items_cap: 256, max_nodes: 1000, max_item_bytes: 192 * 1024, caps_cache: 10_000 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Hand out XEP-0363 upload slots and serve `/upload/` on the HTTPS listener (needs
+    /// `[http] listen`).
+    pub enabled: bool,
+    /// Folder for uploaded files. Default: `<data_dir>/uploads`.
+    pub dir: Option<PathBuf>,
+    /// Largest file accepted, in bytes; larger slot requests get `<file-too-large/>`.
+    pub max_file_size: u64,
+    /// Bytes one account may have stored at once (0: no limit).
+    pub quota_bytes: u64,
+    /// Seconds an uploaded file is kept before the sweep deletes it (0: kept until deleted by an
+    /// administrator or with the account).
+    pub expire_after_secs: u64,
+    /// Seconds between sweeps for expired files.
+    pub sweep_interval_secs: u64,
+    /// Seconds a slot's PUT URL stays valid.
+    pub slot_lifetime_secs: u64,
+    /// Base URL of the HTTPS listener as clients reach it, for slot URLs. Default:
+    /// `[http] public_url`, else `https://<domain>:<port of the first listen address>`.
+    pub url: Option<String>,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: true,
+            dir: None,
+            max_file_size: 100 * 1024 * 1024,
+            quota_bytes: 1024 * 1024 * 1024,
+            expire_after_secs: 30 * 86_400,
+            sweep_interval_secs: 3600,
+            slot_lifetime_secs: 300,
+            url: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalServicesConfig {
+    /// TURN REST API shared secret (coturn's `static-auth-secret`): when set, `turn`/`turns`
+    /// services come with time-limited credentials.
+    pub secret: Option<String>,
+    /// File holding that secret instead (first line), so it can stay out of the config file.
+    pub secret_file: Option<PathBuf>,
+    /// Seconds the generated TURN credentials stay valid.
+    pub credentials_ttl_secs: u64,
+    /// The STUN/TURN servers offered to clients.
+    pub service: Vec<ExternalService>,
+}
+
+impl Default for ExternalServicesConfig {
+    fn default() -> Self {
+        ExternalServicesConfig { secret: None, secret_file: None, credentials_ttl_secs: 86_400, service: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    pub host: String,
+    /// Default: 3478 (stun/turn) or 5349 (stuns/turns).
+    pub port: Option<u16>,
+    /// `stun`, `turn`, `stuns` or `turns`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `udp` or `tcp`; unset: not advertised (the client picks).
+    pub transport: Option<String>,
+    /// Human-readable name (XEP-0215 `name`).
+    pub name: Option<String>,
+    /// Give this service TURN REST credentials (default: true for turn/turns when a secret is set).
+    pub credentials: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MucConfig {
+    /// Run the XEP-0045 multi-user chat service.
+    pub enabled: bool,
+    /// The service's domain. Default: `conference.<domain>`.
+    pub domain: Option<String>,
+    /// Most rooms one account may own (created or been made owner of); creating more fails with
+    /// <not-allowed/>. Service admins are not limited.
+    pub max_rooms_per_user: usize,
+    /// Most occupants any room may hold (the ceiling for `muc#roomconfig_maxusers`).
+    pub max_occupants: usize,
+    /// `muc#roomconfig_maxusers` of a new room (a new channel gets `max_occupants`).
+    pub default_max_occupants: usize,
+    /// Messages each room keeps in memory for history on join (XEP-0045 §7.2.15); a persistent
+    /// room refills it from its archive after a restart.
+    pub history_size: usize,
+    /// Bare JIDs allowed to create rooms; empty: every local account.
+    pub creators: Vec<String>,
+    /// Bare JIDs that are owners of every room (and may always create rooms).
+    pub admins: Vec<String>,
+    /// Configuration of a new room (until its owner changes it).
+    pub default_persistent: bool,
+    pub default_public: bool,
+    pub default_members_only: bool,
+    pub default_moderated: bool,
+    /// `true`: everyone sees occupants' real JIDs (non-anonymous); `false`: only moderators do.
+    pub default_nonanonymous: bool,
+    /// Keep a XEP-0313 archive of the room's messages.
+    pub default_archive: bool,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            domain: None,
+            max_rooms_per_user: 100,
+            max_occupants: 100_000,
+            default_max_occupants: 1000,
+            history_size: 20,
+            creators: Vec::new(),
+            admins: Vec::new(),
+            default_persistent: false,
+            default_public: true,
+            default_members_only: false,
+            default_moderated: false,
+            default_nonanonymous: false,
+            default_archive: true,
+        }
+    }
+}
+
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
         toml::from_str(text)
+    }
+}
+
+/// The storage backend (docs/STORAGE.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The embedded store: one SQLite file, `<data_dir>/kabar.db`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL (or compatible) server named by `url`; what several nodes share.
+    Postgres,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// For `postgres`: `postgres://user:password@host:port/dbname` (or libpq's key=value form).
+    /// The `KABAR_STORAGE_URL` environment variable overrides it, to keep the password out of
+    /// the file.
+    pub url: Option<String>,
+    /// For `postgres`: most connections this node opens.
+    pub pool_size: usize,
+    /// For `postgres`: schema holding kabar's tables (created when missing); default: the
+    /// server's `search_path` (normally `public`).
+    pub schema: Option<String>,
+    /// For `postgres`: seconds opening a connection, or waiting for a free one, may take.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Sqlite,
+            url: None,
+            pool_size: 16,
+            schema: None,
+            connect_timeout_secs: 10,
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod config;
 pub mod metrics;
 pub mod module;
+pub mod monitor_config;
 pub mod ns;
 pub mod ratelimit;
 pub mod server;

@@ -75,8 +75,10 @@ pub enum Flow {
     Reject(StanzaError),
 }
 
+/// `Any` lets the binary find a module's shared handle (e.g. the status monitor's, for its HTTP
+/// pages) by downcasting `&dyn Module`; modules never do this to each other.
 #[async_trait]
-pub trait Module: Send + Sync + 'static {
+pub trait Module: std::any::Any + Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Features this module adds to the server's XEP-0030 disco#info.
     fn server_features(&self) -> Vec<&'static str> {
@@ -86,6 +88,25 @@ pub trait Module: Send + Sync + 'static {
     fn account_features(&self) -> Vec<&'static str> {
         Vec::new()
     }
+    /// Extra XEP-0030 identities of the server, as (category, type, name), besides `server/im`
+    /// (e.g. XEP-0363's `store/file` when the server itself takes upload slot requests).
+    fn server_identities(&self) -> Vec<(&'static str, &'static str, &'static str)> {
+        Vec::new()
+    }
+    /// XEP-0128 extended information forms (`<x xmlns='jabber:x:data' type='result'/>` with a
+    /// hidden FORM_TYPE) this module adds to the server's disco#info.
+    fn server_info_forms(&self) -> Vec<Element> {
+        Vec::new()
+    }
+    /// Service domains this module hosts inside the server (e.g. XEP-0045's `conference.<domain>`).
+    /// Every stanza addressed to one of them, or to a JID at it, goes to [`Module::handle_hosted`]
+    /// instead of accounts or components. Asked once, when the server is built.
+    fn hosted_domains(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// A stanza (any kind, `from` already trustworthy) addressed to one of [`Module::hosted_domains`].
+    /// The module answers or bounces it itself (e.g. with [`Server::bounce`]).
+    async fn handle_hosted(&self, _server: &Server, _stanza: Element) {}
     /// Stream features (after authentication) this module adds, e.g. `<ver xmlns='urn:xmpp:features:rosterver'/>`.
     fn stream_features(&self) -> Vec<Element> {
         Vec::new()

@@ -27,6 +27,8 @@ pub struct Server {
     pub sessions: SharedDirectory,
     modules: Vec<Arc<dyn Module>>,
     iq_table: HashMap<(&'static str, &'static str), usize>,
+    /// Service domain → index of the module hosting it.
+    hosted: HashMap<String, usize>,
     components: RwLock<HashMap<String, mpsc::Sender<Outbound>>>,
     pub started_at: Instant,
     /// Failed logins by client IP and by account name (RFC 6120 §13.9.3 brute-force defence).
@@ -69,6 +71,17 @@ impl ServerBuilder {
                 }
             }
         }
+        let mut hosted = HashMap::new();
+        for (i, m) in self.modules.iter().enumerate() {
+            for domain in m.hosted_domains() {
+                if domain == self.config.domain {
+                    return Err(format!("module {} cannot host the server's own domain {domain}", m.name()));
+                }
+                if let Some(prev) = hosted.insert(domain.clone(), i) {
+                    return Err(format!("modules {} and {} both host {domain}", self.modules[prev].name(), m.name()));
+                }
+            }
+        }
         let domain_jid = BareJid::new(&self.config.domain)
             .ok()
             .filter(|j| j.node().is_none() && j.as_str() == self.config.domain)
@@ -88,6 +101,7 @@ impl ServerBuilder {
             sessions: self.sessions,
             modules: self.modules,
             iq_table,
+            hosted,
             components: RwLock::new(HashMap::new()),
             started_at: Instant::now(),
         }))
@@ -109,6 +123,19 @@ impl Server {
         f.sort_unstable();
         f.dedup();
         f
+    }
+
+    /// The modules' extra server identities (see [`Module::server_identities`]), sorted and unique.
+    pub fn server_identities(&self) -> Vec<(&'static str, &'static str, &'static str)> {
+        let mut v: Vec<_> = self.modules.iter().flat_map(|m| m.server_identities()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The modules' XEP-0128 extended information forms for the server's disco#info.
+    pub fn server_info_forms(&self) -> Vec<Element> {
+        self.modules.iter().flat_map(|m| m.server_info_forms()).collect()
     }
 
     pub fn account_features(&self) -> Vec<&'static str> {
@@ -279,6 +306,9 @@ impl Server {
     }
 
     async fn route_remote(&self, to: &Jid, stanza: Element) {
+        if let Some(module) = self.hosted.get(to.domain().as_str()).and_then(|i| self.modules.get(*i)) {
+            return module.handle_hosted(self, stanza).await;
+        }
         let tx = {
             let map = self.components.read().unwrap_or_else(|p| p.into_inner());
             map.get(to.domain().as_str()).cloned()
@@ -452,6 +482,13 @@ impl Server {
         if map.get(domain).is_some_and(|t| t.same_channel(tx)) {
             map.remove(domain);
         }
+    }
+
+    /// Service domains hosted by modules (listed in the server's disco#items), sorted.
+    pub fn hosted_domains(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.hosted.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     pub fn component_domains(&self) -> Vec<String> {

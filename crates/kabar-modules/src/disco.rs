@@ -6,8 +6,10 @@
 //!   XEP-0030 §3.1 / RFC 6120 §10.5.3.3): identity `account/registered` and the account features
 //!   ([`Server::account_features`]). The core only lets the query through when the account exists,
 //!   and blocked requesters never get this far (XEP-0191 filter).
-//! * disco#items to the server: one item per connected external component domain. disco#items to
-//!   an account: empty (no PEP here).
+//! * disco#items to the server: one item per hosted service domain (MUC, …) and per connected
+//!   external component domain. disco#items to
+//!   an account: empty (PEP nodes are not listed). An account with a PEP service (a module
+//!   advertising `http://jabber.org/protocol/pubsub` on accounts) also has identity `pubsub/pep`.
 //! * Any other `node` is `<item-not-found/>`, except the XEP-0115 node `https://kabar.chat#<ver>`,
 //!   which answers like the server's disco#info (XEP-0115 §6.2).
 //!
@@ -63,6 +65,13 @@ pub const SERVER_IDENTITY: Identity<'static> =
 /// category, type and xml:lang, each written `category/type/lang/name<`, then the sorted features,
 /// each followed by `<`; SHA-1 of that, in Base64.
 pub fn caps_ver(identities: &[Identity<'_>], features: &[&str]) -> String {
+    caps_ver_with_forms(identities, features, &[])
+}
+
+/// [`caps_ver`] with XEP-0128 extended information forms (XEP-0115 §5.1 steps 6–8): forms sorted
+/// by FORM_TYPE, each written as its FORM_TYPE value, then its other fields sorted by `var`, each
+/// `var` followed by its sorted values, everything followed by `<`.
+pub fn caps_ver_with_forms(identities: &[Identity<'_>], features: &[&str], forms: &[Element]) -> String {
     let mut ids: Vec<&Identity<'_>> = identities.iter().collect();
     ids.sort_by(|a, b| {
         (a.category.as_bytes(), a.type_.as_bytes(), a.lang.unwrap_or("").as_bytes()).cmp(&(
@@ -90,8 +99,56 @@ pub fn caps_ver(identities: &[Identity<'_>], features: &[&str]) -> String {
         s.push_str(f);
         s.push('<');
     }
+    s.push_str(&forms_ver_input(forms));
     let digest = Sha1::digest(s.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// The XEP-0115 §5.1 step 6–8 string of extended information forms; forms without a FORM_TYPE
+/// are left out (§5.4 says to ignore them).
+fn forms_ver_input(forms: &[Element]) -> String {
+    let values = |field: &Element| -> Vec<String> {
+        let mut v: Vec<String> = field.children().filter(|c| c.name() == "value").map(|c| c.text()).collect();
+        v.sort_unstable();
+        v
+    };
+    let mut typed: Vec<(String, Vec<(String, Vec<String>)>)> = forms
+        .iter()
+        .filter_map(|form| {
+            let fields: Vec<&Element> = form.children().filter(|c| c.name() == "field").collect();
+            let form_type = fields.iter().find(|f| f.attr("var") == Some("FORM_TYPE")).map(|f| values(f).join("<"))?;
+            let mut rest: Vec<(String, Vec<String>)> = fields
+                .iter()
+                .filter_map(|f| f.attr("var").filter(|v| *v != "FORM_TYPE").map(|v| (v.to_string(), values(f))))
+                .collect();
+            rest.sort();
+            Some((form_type, rest))
+        })
+        .collect();
+    typed.sort();
+    let mut s = String::new();
+    for (form_type, fields) in typed {
+        s.push_str(&form_type);
+        s.push('<');
+        for (var, vals) in fields {
+            s.push_str(&var);
+            s.push('<');
+            for v in vals {
+                s.push_str(&v);
+                s.push('<');
+            }
+        }
+    }
+    s
+}
+
+/// The server's identities: `server/im` and whatever the modules add (XEP-0363's `store/file`, …).
+fn server_identity_list(server: &Server) -> Vec<Identity<'static>> {
+    let mut ids = vec![SERVER_IDENTITY];
+    for (category, type_, name) in server.server_identities() {
+        ids.push(Identity { category, type_, lang: None, name: Some(name) });
+    }
+    ids
 }
 
 /// The features of the server's disco#info: every module's, sorted and unique.
@@ -115,7 +172,7 @@ fn account_feature_list(server: &Server) -> Vec<&'static str> {
 
 /// The server's XEP-0115 verification string.
 pub fn server_caps_ver(server: &Server) -> String {
-    caps_ver(&[SERVER_IDENTITY], &server_feature_list(server))
+    caps_ver_with_forms(&server_identity_list(server), &server_feature_list(server), &server.server_info_forms())
 }
 
 /// The XEP-0115 stream feature `<c xmlns='http://jabber.org/protocol/caps' hash='sha-1'
@@ -151,9 +208,14 @@ impl DiscoModule {
             }
             query.set_attr_str("node", node);
         }
-        query.append_child(SERVER_IDENTITY.to_element());
+        for identity in server_identity_list(server) {
+            query.append_child(identity.to_element());
+        }
         for f in server_feature_list(server) {
             query.append_child(elem("feature", NS_DISCO_INFO).with_attr("var", f));
+        }
+        for form in server.server_info_forms() {
+            query.append_child(form);
         }
         Ok(query)
     }
@@ -198,7 +260,7 @@ impl Module for DiscoModule {
                     return Err(StanzaError::item_not_found());
                 }
                 let mut query = elem("query", NS_DISCO_ITEMS);
-                for domain in server.component_domains() {
+                for domain in server.hosted_domains().into_iter().chain(server.component_domains()) {
                     query.append_child(elem("item", NS_DISCO_ITEMS).with_attr("jid", domain));
                 }
                 Ok(Some(query))
@@ -208,7 +270,12 @@ impl Module for DiscoModule {
                 let mut query = elem("query", NS_DISCO_INFO).with_child(
                     Identity { category: "account", type_: "registered", lang: None, name: None }.to_element(),
                 );
-                for f in account_feature_list(server) {
+                let features = account_feature_list(server);
+                // XEP-0163 §6.1: an account with a PEP service is also a pubsub/pep entity.
+                if features.contains(&"http://jabber.org/protocol/pubsub") {
+                    query.append_child(Identity { category: "pubsub", type_: "pep", lang: None, name: None }.to_element());
+                }
+                for f in features {
                     query.append_child(elem("feature", NS_DISCO_INFO).with_attr("var", f));
                 }
                 Ok(Some(query))
@@ -235,6 +302,37 @@ mod tests {
             ],
         );
         assert_eq!(ver, "QgayPKawpkPSDYmwT/WM94uAlu0=");
+    }
+
+    /// XEP-0115 §5.3 "Complex Generation Example" (the extended information form part; its
+    /// identities carry xml:lang, which [`Identity::to_element`] never writes but `caps_ver` uses).
+    #[test]
+    fn xep0115_5_3_complex_generation_example_with_form() {
+        const NS_DATA: &str = "jabber:x:data";
+        let field = |var: &str, values: &[&str]| {
+            let mut f = elem("field", NS_DATA).with_attr("var", var);
+            for v in values {
+                f.append_child(elem("value", NS_DATA).with_text(*v));
+            }
+            f
+        };
+        let form = elem("x", NS_DATA)
+            .with_attr("type", "result")
+            .with_child(field("FORM_TYPE", &["urn:xmpp:dataforms:softwareinfo"]))
+            .with_child(field("ip_version", &["ipv4", "ipv6"]))
+            .with_child(field("os", &["Mac"]))
+            .with_child(field("os_version", &["10.5.1"]))
+            .with_child(field("software", &["Psi"]))
+            .with_child(field("software_version", &["0.11"]));
+        let ver = caps_ver_with_forms(
+            &[
+                Identity { category: "client", type_: "pc", lang: Some("en"), name: Some("Psi 0.11") },
+                Identity { category: "client", type_: "pc", lang: Some("el"), name: Some("Ψ 0.11") },
+            ],
+            &["http://jabber.org/protocol/caps", "http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items", "http://jabber.org/protocol/muc"],
+            &[form],
+        );
+        assert_eq!(ver, "q07IKJEyjvHSyhy//CH0CxmKi8w=");
     }
 
     /// XEP-0115 §5.1 step 2: identities sort by category, then type, then xml:lang.

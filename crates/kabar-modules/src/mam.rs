@@ -66,6 +66,8 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -311,6 +313,47 @@ impl Prefs {
     }
 }
 
+/// Accounts' preferences as last read or written on this node, so the message hot path does not
+/// read the store twice per message. The store stays authoritative: writes go to it first, then
+/// replace the cached copy. Bounded: emptied when it reaches [`PREFS_CACHE_MAX`] accounts.
+#[derive(Default)]
+struct PrefsCache {
+    map: Mutex<HashMap<BareJid, Arc<Prefs>>>,
+}
+
+const PREFS_CACHE_MAX: usize = 100_000;
+
+impl PrefsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, Arc<Prefs>>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn get(&self, server: &Server, owner: &BareJid) -> Result<Arc<Prefs>, StoreError> {
+        if let Some(p) = self.lock().get(owner) {
+            return Ok(p.clone());
+        }
+        let loaded = Arc::new(load_prefs(server, owner).await?);
+        // A `prefs` set that finished meanwhile wins over what this read found.
+        let mut map = self.lock();
+        if map.len() >= PREFS_CACHE_MAX {
+            map.clear();
+        }
+        Ok(map.entry(owner.clone()).or_insert(loaded).clone())
+    }
+
+    fn put(&self, owner: &BareJid, prefs: Arc<Prefs>) {
+        let mut map = self.lock();
+        if map.len() >= PREFS_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(owner.clone(), prefs);
+    }
+
+    fn forget(&self, owner: &BareJid) {
+        self.lock().remove(owner);
+    }
+}
+
 async fn load_prefs(server: &Server, owner: &BareJid) -> Result<Prefs, StoreError> {
     let Some(bytes) = server.store.kv_get(owner.as_str(), STORE, PREFS_KEY).await? else {
         return Ok(Prefs::default());
@@ -326,8 +369,8 @@ async fn load_prefs(server: &Server, owner: &BareJid) -> Result<Prefs, StoreErro
 }
 
 /// Whether `owner`'s preferences let messages with `peer` into the archive.
-async fn prefs_allow(server: &Server, owner: &BareJid, peer: &Jid) -> bool {
-    let prefs = match load_prefs(server, owner).await {
+async fn prefs_allow(cache: &PrefsCache, server: &Server, owner: &BareJid, peer: &Jid) -> bool {
+    let prefs = match cache.get(server, owner).await {
         Ok(p) => p,
         Err(e) => {
             // Archiving is the default and the safer failure for a user who expects history.
@@ -442,6 +485,14 @@ fn strip_stanza_ids_by(stanza: &mut Element, owner: &BareJid) {
 /// The archive id of `stanza` if it is a message this server already archived for `owner`: it
 /// carries our `<stanza-id by=owner/>`, and that archive item came from the same sender with the
 /// same message id. (Anyone else's copy of the id is a forgery that [`strip_stanza_ids_by`] removes;
+/// Waits for queued archive writes before reading the archive, so a correction, retraction or
+/// re-routed message finds the message that came just before it.
+async fn flush(server: &Server) {
+    if let Err(e) = server.store.archive_flush().await {
+        warn!(error = %e, "waiting for queued archive writes failed");
+    }
+}
+
 /// ids are unguessable, and only the owner's sessions ever see them.)
 async fn already_archived(server: &Server, owner: &BareJid, from: &Jid, stanza: &Element) -> Option<String> {
     let candidates: Vec<&str> = stanza
@@ -449,6 +500,9 @@ async fn already_archived(server: &Server, owner: &BareJid, from: &Jid, stanza: 
         .filter(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(owner.as_str()))
         .filter_map(|c| c.attr("id"))
         .collect();
+    if !candidates.is_empty() {
+        flush(server).await;
+    }
     for id in candidates {
         match server.store.archive_get(owner.as_str(), id).await {
             Ok(Some(item))
@@ -488,6 +542,7 @@ fn store_failure(e: impl std::fmt::Display) -> StanzaError {
 
 pub struct MamModule {
     clock: IdClock,
+    prefs: PrefsCache,
 }
 
 impl Default for MamModule {
@@ -498,7 +553,7 @@ impl Default for MamModule {
 
 impl MamModule {
     pub fn new() -> Self {
-        MamModule { clock: IdClock::new() }
+        MamModule { clock: IdClock::new(), prefs: PrefsCache::default() }
     }
 
     /// Archives `stanza` in `owner`'s archive if it qualifies, applying any retraction or
@@ -516,7 +571,7 @@ impl MamModule {
         if let Some((target, ns_used)) = &class.retracts {
             self.apply_retraction(server, owner, &with, direction, target, ns_used, stanza).await;
         }
-        if !class.store || !prefs_allow(server, owner, peer).await {
+        if !class.store || !prefs_allow(&self.prefs, server, owner, peer).await {
             return None;
         }
         let mut searchable = if class.retracts.is_some() { None } else { body_text(stanza) };
@@ -525,45 +580,43 @@ impl MamModule {
                 searchable = None;
             }
         }
-        for _ in 0..3 {
-            let (ts, id) = self.clock.next();
-            let mut copy = stanza.clone();
-            strip_stanza_ids_by(&mut copy, owner);
-            copy.append_child(stanza_id(&id, owner));
-            let bytes = match element_to_bytes(&copy) {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(user = %owner, error = %e, "cannot serialise message for the archive");
-                    return None;
-                }
-            };
-            let item = ArchiveItem {
-                id: id.clone(),
-                with: with.to_string(),
-                with_full: peer.resource().map(|_| peer.to_string()),
-                direction,
-                timestamp: ts,
-                message_id: stanza.attr("id").map(str::to_owned),
-                origin_id: stanza.get_child("origin-id", NS_SID).and_then(|o| o.attr("id")).map(str::to_owned),
-                replaces: class.replaces.clone(),
-                body: searchable.clone(),
-                stanza: bytes,
-                retracted: false,
-            };
-            match server.store.archive_append(owner.as_str(), &item, None).await {
-                Ok(true) => {
-                    debug!(user = %owner, id = %id, "message archived");
-                    return Some(id);
-                }
-                Ok(false) => continue, // id collision: draw another
-                Err(e) => {
-                    warn!(user = %owner, error = %e, "archiving a message failed");
-                    return None;
-                }
+        let (ts, id) = self.clock.next();
+        let mut copy = stanza.clone();
+        strip_stanza_ids_by(&mut copy, owner);
+        copy.append_child(stanza_id(&id, owner));
+        let bytes = match element_to_bytes(&copy) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(user = %owner, error = %e, "cannot serialise message for the archive");
+                return None;
+            }
+        };
+        let item = ArchiveItem {
+            id: id.clone(),
+            with: with.to_string(),
+            with_full: peer.resource().map(|_| peer.to_string()),
+            direction,
+            timestamp: ts,
+            message_id: stanza.attr("id").map(str::to_owned),
+            origin_id: stanza.get_child("origin-id", NS_SID).and_then(|o| o.attr("id")).map(str::to_owned),
+            replaces: class.replaces.clone(),
+            body: searchable.clone(),
+            stanza: bytes,
+            retracted: false,
+        };
+        // Queued, not awaited: durability is awaited once per XEP-0198 ack and before any
+        // read of the archive (`archive_flush`), so one commit covers many messages. Ids are
+        // unguessable keyed hashes; a collision is logged by the store, not retried.
+        match server.store.archive_append_queued(owner.as_str(), &item).await {
+            Ok(()) => {
+                debug!(user = %owner, id = %id, "message archived");
+                Some(id)
+            }
+            Err(e) => {
+                warn!(user = %owner, error = %e, "archiving a message failed");
+                None
             }
         }
-        warn!(user = %owner, "could not find a free archive id");
-        None
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -577,6 +630,7 @@ impl MamModule {
         ns_used: &'static str,
         retraction: &Element,
     ) {
+        flush(server).await;
         let items = match server.store.archive_find_refs(owner.as_str(), with.as_str(), direction, target).await {
             Ok(items) => items,
             Err(e) => return warn!(user = %owner, error = %e, "cannot look up a retracted message"),
@@ -608,6 +662,7 @@ impl MamModule {
         target: &str,
         correction: &Element,
     ) -> bool {
+        flush(server).await;
         let items = match server.store.archive_find_refs(owner.as_str(), with.as_str(), direction, target).await {
             Ok(items) => items,
             Err(e) => {
@@ -895,6 +950,7 @@ async fn handle_query(server: &Server, iq: &IqRequest, q: &Element) -> IqResult 
     // Every result is queued on the session at once; stay well inside its queue.
     let queue = server.config.limits.session_queue.max(16);
     parsed.query.max = parsed.query.max.min(queue / 2);
+    server.store.archive_flush().await.map_err(store_failure)?;
     let page = server
         .store
         .archive_query(owner.as_str(), &parsed.query)
@@ -921,6 +977,7 @@ async fn handle_metadata(server: &Server, iq: &IqRequest) -> IqResult {
         return Err(StanzaError::bad_request());
     }
     let mut md = elem("metadata", NS_MAM);
+    server.store.archive_flush().await.map_err(store_failure)?;
     for (name, cursor) in [("start", ArchiveCursor::Start), ("end", ArchiveCursor::End)] {
         let q = ArchiveQuery { cursor, max: 1, ..ArchiveQuery::default() };
         let page = server.store.archive_query(owner.as_str(), &q).await.map_err(store_failure)?;
@@ -935,15 +992,18 @@ async fn handle_metadata(server: &Server, iq: &IqRequest) -> IqResult {
     Ok(Some(md))
 }
 
-async fn handle_prefs(server: &Server, iq: &IqRequest, payload: &Element) -> IqResult {
+async fn handle_prefs(cache: &PrefsCache, server: &Server, iq: &IqRequest, payload: &Element) -> IqResult {
     let owner = owner_of(iq)?;
     if !iq.is_set {
-        return Ok(Some(load_prefs(server, &owner).await.map_err(store_failure)?.to_element()));
+        return Ok(Some(cache.get(server, &owner).await.map_err(store_failure)?.to_element()));
     }
     let prefs = Prefs::from_element(payload)?;
     let el = prefs.to_element();
     let bytes = element_to_bytes(&el).map_err(store_failure)?;
+    // Forget first: if the write fails half-way, the next read goes to the store.
+    cache.forget(&owner);
     server.store.kv_put(owner.as_str(), STORE, PREFS_KEY, &bytes).await.map_err(store_failure)?;
+    cache.put(&owner, Arc::new(prefs));
     Ok(Some(el))
 }
 
@@ -968,13 +1028,14 @@ impl Module for MamModule {
         match payload.name() {
             "query" => handle_query(server, iq, payload).await,
             "metadata" => handle_metadata(server, iq).await,
-            "prefs" => handle_prefs(server, iq, payload).await,
+            "prefs" => handle_prefs(&self.prefs, server, iq, payload).await,
             _ => Err(StanzaError::service_unavailable()),
         }
     }
 
     async fn on_event(&self, server: &Server, event: &Event<'_>) -> Flow {
         if let Event::AccountDeleted { jid, .. } = event {
+            self.prefs.forget(jid);
             // The store already dropped it with the account; this covers a backend that keeps
             // archives elsewhere.
             if let Err(e) = server.store.archive_delete_all(jid.as_str()).await {
@@ -1008,6 +1069,26 @@ impl Module for MamModule {
             stanza.append_child(stanza_id(&id, to));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// For archives held by others (XEP-0045 rooms, `muc::archive`): the same query form, paging and
+// result shape, over an archive whose owner is not an account.
+
+/// Parses a `<query xmlns='urn:xmpp:mam:2'/>` set: the store query and whether `<flip-page/>` asked
+/// for the page newest first.
+pub fn parse_archive_query(q: &Element) -> Result<(ArchiveQuery, bool), StanzaError> {
+    parse_query(q).map(|p| (p.query, p.flip))
+}
+
+/// The `<fin/>` answering a query that returned `page`.
+pub fn archive_fin(page: &ArchivePage, complete: bool) -> Element {
+    fin(page, complete)
+}
+
+/// One `<message><result><forwarded/></result></message>` from the archive `owner` to `to`.
+pub fn archive_result_message(owner: &BareJid, to: &FullJid, queryid: Option<&str>, item: &ArchiveItem) -> Element {
+    result_message(owner, to, queryid, item, RESULT_SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]

@@ -12,12 +12,19 @@
 //!   an error or an empty vCard) and a set `<not-allowed/>`.
 //!
 //! Account deletion needs nothing here: the store drops every key of a deleted account.
+//!
+//! Hooks for XEP-0398 (avatar ↔ vCard conversion, [`crate::avatar`]): a [`VcardObserver`] added with
+//! [`VcardModule::with_observer`] is told of every vCard the account itself publishes, after it is
+//! stored; [`set_photo`] replaces (or removes) the `<PHOTO/>` of a stored vCard without telling the
+//! observers, so a mirror never echoes back.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use jid::BareJid;
 use kabar_core::module::IqResult;
 use kabar_core::{ErrorType, IqRequest, Module, Server, StanzaError};
-use kabar_xml::{elem, Element};
+use kabar_xml::{elem, Element, ElementExt};
 use tracing::warn;
 
 pub const NS_VCARD: &str = "vcard-temp";
@@ -28,12 +35,57 @@ const KEY: &str = "";
 /// this big).
 pub const MAX_VCARD_BYTES: usize = 64 * 1024;
 
-pub struct VcardModule;
+/// Told of every vCard an account publishes (after it is stored).
+#[async_trait]
+pub trait VcardObserver: Send + Sync {
+    async fn vcard_published(&self, server: &Server, account: &BareJid, vcard: &Element);
+}
+
+pub struct VcardModule {
+    observers: Vec<Arc<dyn VcardObserver>>,
+}
 
 impl VcardModule {
     pub fn new() -> Self {
-        VcardModule
+        VcardModule { observers: Vec::new() }
     }
+
+    pub fn with_observer(mut self, observer: Arc<dyn VcardObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+}
+
+/// A vCard photo (XEP-0153): MIME type and Base64 image.
+pub struct Photo<'a> {
+    pub mime: &'a str,
+    pub base64: &'a str,
+}
+
+/// Replaces the `<PHOTO/>` of `account`'s stored vCard (creating the vCard if there is none), or
+/// removes it with `None`. Observers are not told. Refused with `<not-acceptable/>` when the result
+/// would exceed [`MAX_VCARD_BYTES`].
+pub async fn set_photo(server: &Server, account: &BareJid, photo: Option<Photo<'_>>) -> Result<(), StanzaError> {
+    let mut vcard = load(server, account).await?;
+    let had_photo = vcard.get_child("PHOTO", NS_VCARD).is_some();
+    while vcard.remove_child("PHOTO", NS_VCARD).is_some() {}
+    match photo {
+        Some(p) => {
+            vcard.append_child(
+                elem("PHOTO", NS_VCARD)
+                    .with_child(elem("TYPE", NS_VCARD).with_text(p.mime))
+                    .with_child(elem("BINVAL", NS_VCARD).with_text(p.base64)),
+            );
+        }
+        None if !had_photo => return Ok(()),
+        None => {}
+    }
+    let bytes = kabar_xml::element_to_bytes(&vcard).map_err(backend_error)?;
+    if bytes.len() > MAX_VCARD_BYTES {
+        return Err(StanzaError::new(ErrorType::Modify, "not-acceptable")
+            .with_text(format!("vCards are limited to {MAX_VCARD_BYTES} bytes")));
+    }
+    server.store.kv_put(account.as_str(), STORE, KEY, &bytes).await.map_err(backend_error)
 }
 
 impl Default for VcardModule {
@@ -88,6 +140,9 @@ impl Module for VcardModule {
                 .with_text(format!("vCards are limited to {MAX_VCARD_BYTES} bytes")));
         }
         server.store.kv_put(account.as_str(), STORE, KEY, &bytes).await.map_err(backend_error)?;
+        for observer in &self.observers {
+            observer.vcard_published(server, account, vcard).await;
+        }
         Ok(None)
     }
 }

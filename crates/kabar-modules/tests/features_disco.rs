@@ -43,7 +43,11 @@ async fn xep0030_3_1_server_info_has_server_im_identity_and_every_module_feature
     assert!(is_result(&reply), "{reply:?}");
     assert_eq!(reply.attr("from"), Some(DOMAIN));
     let query = reply.get_child("query", NS_DISCO_INFO).expect("query");
-    assert_eq!(identities_of(query), vec![("server".into(), "im".into(), Some("kabar".into()))]);
+    // server/im first; modules may add their own (XEP-0363's store/file: the server takes slot requests).
+    assert_eq!(
+        identities_of(query),
+        vec![("server".into(), "im".into(), Some("kabar".into())), ("store".into(), "file".into(), Some("HTTP File Upload".into()))]
+    );
     let features = features_of(query);
     for f in [
         NS_DISCO_INFO,
@@ -70,7 +74,11 @@ async fn xep0030_3_1_account_info_has_account_registered_identity_and_account_fe
     let reply = alice.iq(&server, iq("get", "d2", Some("bob@localhost"), info_query(None))).await;
     assert!(is_result(&reply), "{reply:?}");
     let query = reply.get_child("query", NS_DISCO_INFO).expect("query");
-    assert_eq!(identities_of(query), vec![("account".into(), "registered".into(), None)]);
+    // XEP-0163 §6.1: the account is also its PEP service.
+    assert_eq!(
+        identities_of(query),
+        vec![("account".into(), "registered".into(), None), ("pubsub".into(), "pep".into(), None)]
+    );
     let features = features_of(query);
     assert!(features.iter().any(|f| f == "jabber:iq:last"), "{features:?}");
     assert!(features.iter().any(|f| f == NS_DISCO_INFO), "{features:?}");
@@ -89,28 +97,32 @@ async fn xep0030_info_for_missing_account_is_service_unavailable() {
 }
 
 #[tokio::test]
-async fn xep0030_4_server_items_list_connected_component_domains() {
+async fn xep0030_4_server_items_list_hosted_services_and_connected_component_domains() {
     let server = server();
     create_account(&server, "alice").await;
     let mut alice = Client::connect(&server, "alice@localhost/a");
+    let items = |reply: Element| -> Vec<String> {
+        let query = reply.get_child("query", NS_DISCO_ITEMS).expect("query");
+        query.children().filter_map(|i| i.attr("jid")).map(str::to_owned).collect()
+    };
+    let hosted = server.hosted_domains();
     let reply = alice.iq(&server, iq("get", "i1", Some(DOMAIN), elem("query", NS_DISCO_ITEMS))).await;
-    let query = reply.get_child("query", NS_DISCO_ITEMS).expect("query");
-    assert_eq!(query.children().count(), 0, "no components yet");
+    assert_eq!(items(reply), hosted, "only the hosted services before any component connects");
 
     let (tx, _rx) = mpsc::channel(8);
-    assert!(server.register_component("muc.localhost", tx.clone()));
+    assert!(server.register_component("bot.localhost", tx.clone()));
     let (tx2, _rx2) = mpsc::channel(8);
-    assert!(server.register_component("upload.localhost", tx2));
+    assert!(server.register_component("gateway.localhost", tx2));
     let reply = alice.iq(&server, iq("get", "i2", Some(DOMAIN), elem("query", NS_DISCO_ITEMS))).await;
-    let jids: Vec<&str> =
-        reply.get_child("query", NS_DISCO_ITEMS).unwrap().children().filter_map(|i| i.attr("jid")).collect();
-    assert_eq!(jids, vec!["muc.localhost", "upload.localhost"]);
+    let mut want = hosted.clone();
+    want.extend(["bot.localhost".to_owned(), "gateway.localhost".to_owned()]);
+    assert_eq!(items(reply), want);
 
-    server.unregister_component("muc.localhost", &tx);
+    server.unregister_component("bot.localhost", &tx);
     let reply = alice.iq(&server, iq("get", "i3", Some(DOMAIN), elem("query", NS_DISCO_ITEMS))).await;
-    let jids: Vec<&str> =
-        reply.get_child("query", NS_DISCO_ITEMS).unwrap().children().filter_map(|i| i.attr("jid")).collect();
-    assert_eq!(jids, vec!["upload.localhost"]);
+    let mut want = hosted;
+    want.push("gateway.localhost".to_owned());
+    assert_eq!(items(reply), want);
 }
 
 #[tokio::test]
@@ -160,7 +172,10 @@ async fn xep0115_5_1_stream_feature_ver_verifies_against_disco_info_and_node_que
         ids.iter().map(|(c, t, n)| Identity { category: c, type_: t, lang: None, name: n.as_deref() }).collect();
     let features = features_of(query);
     let feature_refs: Vec<&str> = features.iter().map(String::as_str).collect();
-    assert_eq!(disco::caps_ver(&identities, &feature_refs), ver);
+    // XEP-0115 §5.1 steps 6–8: the XEP-0128 forms (XEP-0363's max-file-size) are part of the hash.
+    let forms: Vec<Element> = query.children().filter(|c| c.name() == "x" && c.ns() == "jabber:x:data").cloned().collect();
+    assert!(!forms.is_empty(), "the upload form is missing from the server's disco#info");
+    assert_eq!(disco::caps_ver_with_forms(&identities, &feature_refs, &forms), ver);
 
     let node = format!("{CAPS_NODE}#{ver}");
     let reply = alice.iq(&server, iq("get", "c2", Some(DOMAIN), info_query(Some(&node)))).await;

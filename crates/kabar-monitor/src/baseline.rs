@@ -492,6 +492,11 @@ impl MinuteBuckets {
         MinuteBuckets { capacity: capacity.max(1), buckets: VecDeque::new() }
     }
 
+    /// Grow (never shrink) the number of minutes kept.
+    pub fn ensure_capacity(&mut self, capacity: usize) {
+        self.capacity = self.capacity.max(capacity);
+    }
+
     /// Append a finished minute (ignored unless later than the last one).
     pub fn push(&mut self, bucket: MinuteBucket) {
         if self.buckets.back().is_some_and(|b| b.minute >= bucket.minute) {

@@ -494,6 +494,11 @@ impl Detector {
         &self.cfg
     }
 
+    /// Replace the parameters; the state, streaks and incidents are kept.
+    pub fn set_config(&mut self, cfg: DetectorConfig) {
+        self.cfg = cfg;
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

@@ -262,6 +262,16 @@ impl ServiceMonitor {
         }
     }
 
+    /// Replace the detector parameters (after a restart with a changed configuration); they
+    /// apply from the next judged minute on. The baseline keeps the parameters it learned with
+    /// (a changed UTC offset or ring size would misplace what it has learned).
+    pub fn set_config(&mut self, mut cfg: MonitorConfig) {
+        cfg.baseline = self.cfg.baseline.clone();
+        self.detector.set_config(cfg.detector.clone());
+        self.buckets.ensure_capacity(cfg.detector.longest_window() as usize);
+        self.cfg = cfg;
+    }
+
     /// Minute this service was added.
     pub fn created_minute(&self) -> u64 {
         self.created_minute
@@ -300,6 +310,14 @@ impl Monitor {
         }
         self.services.insert(name.to_owned(), ServiceMonitor::new(name, self.cfg.clone(), now_secs));
         Ok(())
+    }
+
+    /// Put back a service saved earlier (serde), replacing one of the same name. The saved
+    /// parameters are replaced by this monitor's, so a changed configuration applies after a
+    /// restart while the learned baseline, detector state and incidents are kept.
+    pub fn restore_service(&mut self, mut service: ServiceMonitor) {
+        service.set_config(self.cfg.clone());
+        self.services.insert(service.name.clone(), service);
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceMonitor> {

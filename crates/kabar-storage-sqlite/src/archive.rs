@@ -9,7 +9,7 @@
 //! quoted strings of letters and digits joined with AND, so no input can make a malformed query.
 
 use async_trait::async_trait;
-use kabar_storage::{ArchiveCursor, ArchiveItem, ArchivePage, ArchiveQuery, ArchiveStore, Direction, Result};
+use kabar_storage::{ArchiveCursor, ArchiveItem, ArchivePage, ArchiveQuery, ArchiveStore, Direction, Result, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
@@ -202,6 +202,32 @@ fn run_query(conn: &mut Connection, owner: &str, q: &ArchiveQuery) -> Result<Opt
     Ok(Some(ArchivePage { items, complete, count }))
 }
 
+fn insert(conn: &Connection, owner: &str, item: &ArchiveItem, dedupe_key: Option<&str>) -> Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO archive (owner, id, peer, peer_full, direction, ts, message_id, origin_id,
+                              replaces, body, stanza, retracted, dedupe_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT DO NOTHING",
+    )
+    .ctx("archive_append")?
+    .execute(params![
+        owner,
+        item.id,
+        item.with,
+        item.with_full,
+        item.direction.as_str(),
+        item.timestamp,
+        item.message_id,
+        item.origin_id,
+        item.replaces,
+        item.body,
+        item.stanza,
+        i64::from(item.retracted),
+        dedupe_key,
+    ])
+    .ctx("archive_append")
+}
+
 #[async_trait]
 impl ArchiveStore for SqliteStore {
     async fn archive_append(&self, owner: &str, item: &ArchiveItem, dedupe_key: Option<&str>) -> Result<bool> {
@@ -209,33 +235,27 @@ impl ArchiveStore for SqliteStore {
         let item = item.clone();
         let dedupe_key = dedupe_key.map(str::to_owned);
         self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "INSERT INTO archive (owner, id, peer, peer_full, direction, ts, message_id, origin_id,
-                                          replaces, body, stanza, retracted, dedupe_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                     ON CONFLICT DO NOTHING",
-                )
-                .ctx("archive_append")?
-                .execute(params![
-                    owner,
-                    item.id,
-                    item.with,
-                    item.with_full,
-                    item.direction.as_str(),
-                    item.timestamp,
-                    item.message_id,
-                    item.origin_id,
-                    item.replaces,
-                    item.body,
-                    item.stanza,
-                    i64::from(item.retracted),
-                    dedupe_key,
-                ])
-                .ctx("archive_append")?;
+            let n = insert(conn, &owner, &item, dedupe_key.as_deref())?;
             Ok(n > 0)
         })
         .await
+    }
+
+    async fn archive_append_queued(&self, owner: &str, item: &ArchiveItem) -> Result<()> {
+        let owner = owner.to_owned();
+        let item = item.clone();
+        self.write_queued(move |conn| {
+            let n = insert(conn, &owner, &item, None)?;
+            if n == 0 {
+                return Err(StoreError::Backend(format!("sqlite: archive id {} of {owner} is taken", item.id)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn archive_flush(&self) -> Result<()> {
+        self.write(|_| Ok(())).await
     }
 
     async fn archive_get(&self, owner: &str, id: &str) -> Result<Option<ArchiveItem>> {

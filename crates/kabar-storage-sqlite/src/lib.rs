@@ -306,6 +306,23 @@ impl SqliteStore {
         result.await.map_err(|_| gone())?
     }
 
+    /// Queues `f` for the writer thread without waiting for it to run; returns once it is queued
+    /// (waiting for room when the queue is full), so queued writes keep their call order.
+    async fn write_queued<F>(&self, f: F) -> Result<()>
+    where
+        F: FnOnce(&mut Connection) -> Result<()> + Send + 'static,
+    {
+        let gone = || StoreError::Backend("sqlite: the writer thread has stopped".into());
+        match self.inner.writer.try_send(writer::queued_job(f)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => {
+                let queue = self.inner.writer.clone();
+                run_blocking(move || queue.send(job).map_err(|_| gone())).await
+            }
+            Err(TrySendError::Disconnected(_)) => Err(gone()),
+        }
+    }
+
     /// Runs `f` with a reader connection (the writer for in-memory stores) on the blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where

@@ -44,6 +44,21 @@ where
     })
 }
 
+/// A write nobody waits for: its failure (or its batch's) is logged.
+pub(crate) fn queued_job<F>(f: F) -> Job
+where
+    F: FnOnce(&mut Connection) -> Result<()> + Send + 'static,
+{
+    Box::new(move |conn: &mut Connection| {
+        let outcome = in_savepoint(conn, f);
+        Box::new(move |commit: std::result::Result<(), String>| {
+            if let Err(e) = outcome.map_err(|e| e.to_string()).and(commit) {
+                error!(error = %e, "sqlite: a queued write was not stored");
+            }
+        })
+    })
+}
+
 fn in_savepoint<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
     conn.execute_batch("SAVEPOINT kabar_write")
         .map_err(|e| StoreError::Backend(format!("sqlite: savepoint: {e}")))?;

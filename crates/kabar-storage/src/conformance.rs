@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             kv_isolation,
             archive_append_get_round_trip,
             archive_append_idempotent,
+            archive_queued_appends_are_visible_after_flush,
             archive_paging_forward_and_backward,
             archive_query_filters,
             archive_fulltext_search,
@@ -89,6 +90,7 @@ pub async fn run_all<S: Store + ?Sized>(s: &S) {
     kv_isolation(s).await;
     archive_append_get_round_trip(s).await;
     archive_append_idempotent(s).await;
+    archive_queued_appends_are_visible_after_flush(s).await;
     archive_paging_forward_and_backward(s).await;
     archive_query_filters(s).await;
     archive_fulltext_search(s).await;
@@ -839,6 +841,23 @@ pub async fn archive_append_get_round_trip<S: Store + ?Sized>(s: &S) {
         Some(bare),
         "an item without optional fields round-trips (including the retracted flag)"
     );
+}
+
+/// Queued appends (the message hot path) keep their order and are all readable once
+/// `archive_flush` returns.
+pub async fn archive_queued_appends_are_visible_after_flush<S: Store + ?Sized>(s: &S) {
+    let owner = "arch-queued@conformance.example";
+    let peer = "peer@conformance.example";
+    let items: Vec<ArchiveItem> = (0..50)
+        .map(|n| arch(&format!("queued-{n:02}"), peer, Direction::Out, ARCHIVE_BASE_TS + n, Some("queued")))
+        .collect();
+    for item in &items {
+        must(s.archive_append_queued(owner, item).await, "archive_append_queued");
+    }
+    must(s.archive_flush().await, "archive_flush");
+    let page = found(s.archive_query(owner, &ArchiveQuery { max: 100, ..ArchiveQuery::default() }).await, "query");
+    let want: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(page_ids(&page), want, "every queued item, in order");
 }
 
 pub async fn archive_append_idempotent<S: Store + ?Sized>(s: &S) {

@@ -256,6 +256,18 @@ pub trait ArchiveStore: Send + Sync {
     /// archive already holds an item with the same id or, if `dedupe_key` is given, one appended
     /// with the same key (so an import run twice adds nothing the second time).
     async fn archive_append(&self, owner: &str, item: &ArchiveItem, dedupe_key: Option<&str>) -> Result<bool>;
+    /// Queues an append without waiting for it to be durable: the message hot path archives this
+    /// way and lets [`ArchiveStore::archive_flush`] (before an XEP-0198 ack, a MAM query, a
+    /// correction lookup) wait for durability, so one commit covers many messages. Returns once the
+    /// write is queued, in call order; a failure or an id already taken is logged by the backend.
+    /// Backends without a write queue append and wait, which this default does.
+    async fn archive_append_queued(&self, owner: &str, item: &ArchiveItem) -> Result<()> {
+        self.archive_append(owner, item, None).await.map(|_| ())
+    }
+    /// Waits until every archive write queued before this call is durable (and visible to reads).
+    async fn archive_flush(&self) -> Result<()> {
+        Ok(())
+    }
     async fn archive_get(&self, owner: &str, id: &str) -> Result<Option<ArchiveItem>>;
     /// One page of the items matching `query`. `Ok(None)` when an id the query names (cursor,
     /// `after_id`, `before_id`, any of `ids`) is not in the archive (XEP-0313 item-not-found).

@@ -5,14 +5,17 @@ mod auth;
 mod c2s;
 mod http;
 mod import;
+mod monitor;
+mod probes;
 mod component;
 mod session;
+mod storage;
 mod stream;
 mod tls;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +25,6 @@ use kabar_core::accounts::{self, AccountError};
 use kabar_core::sessions::LocalSessions;
 use jid::BareJid;
 use kabar_core::{Config, Server};
-use kabar_storage::SharedStore;
-use kabar_storage_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -140,7 +141,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::User(cmd) => user(cmd).await,
         Command::Import(ImportCommand::Whatsapp { user, with, me, utc_offset, date_order, file, common }) => {
             let config = load_config(&common)?;
-            let store = open_store(&config.data_dir)?;
+            let store = storage::open_store(&config).await?;
             let owner = accounts::parse_account(&user, &config.domain)?;
             let peer = BareJid::new(&with).map_err(|_| anyhow::anyhow!("'{with}' is not a valid address"))?;
             let date_order = match date_order.as_deref() {
@@ -188,14 +189,6 @@ fn load_config(common: &Common) -> Result<Config> {
     Ok(config)
 }
 
-fn open_store(data_dir: &Path) -> Result<SharedStore> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data folder {} (choose another with --data)", data_dir.display()))?;
-    let db = data_dir.join("kabar.db");
-    let store = SqliteStore::open(&db).with_context(|| format!("cannot open database {}", db.display()))?;
-    Ok(Arc::new(store))
-}
-
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -224,7 +217,7 @@ async fn bind_all(addrs: &[SocketAddr], what: &str) -> Result<Vec<TcpListener>> 
 async fn serve(common: Common) -> Result<()> {
     let config = load_config(&common)?;
     init_logging(&config);
-    let store = open_store(&config.data_dir)?;
+    let store = storage::open_store(&config).await?;
     let tls = Arc::new(tls::Tls::load(&config, &config.data_dir)?);
     let config = Arc::new(config);
     let mut builder = Server::builder(config.clone(), store, Arc::new(LocalSessions::new()));
@@ -259,6 +252,9 @@ async fn serve(common: Common) -> Result<()> {
     for l in https {
         tasks.spawn(http::serve(l, http_state.clone(), tls.clone()));
     }
+    tasks.spawn(http::upload::sweeper(server.clone()));
+    // Outage monitor: probes, minute ticks, alerts (docs/MONITOR.md); returns at once when off.
+    tasks.spawn(monitor::run(server.clone(), tls.ca_path.clone()));
     if config.archive.retention_days > 0 {
         tasks.spawn(archive_retention(server.clone(), Duration::from_secs(config.archive.retention_days * 86_400)));
     }
@@ -380,7 +376,7 @@ async fn user(cmd: UserCommand) -> Result<()> {
         UserCommand::List(common) => common.clone(),
     };
     let config = load_config(&common)?;
-    let store = open_store(&config.data_dir)?;
+    let store = storage::open_store(&config).await?;
     let parse = |jid: &str| accounts::parse_account(jid, &config.domain);
     let explain = |e: AccountError| -> anyhow::Error {
         match e {

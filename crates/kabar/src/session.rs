@@ -397,6 +397,7 @@ impl Session {
             "r" => {
                 let h = self.sm.as_ref().map(|sm| sm.inbound).unwrap_or(0);
                 if self.sm.is_some() {
+                    self.wait_durable().await;
                     let _ = l.writer.queue(&elem("a", NS_SM).with_attr("h", h.to_string()));
                 }
                 None
@@ -456,11 +457,20 @@ impl Session {
         }
     }
 
+    /// Before acknowledging handled stanzas (XEP-0198 `h`): waits until what they queued in the
+    /// archive is durable, so an acknowledged message is never lost (docs/DELIVERY.md).
+    async fn wait_durable(&self) {
+        if let Err(e) = self.server.store.archive_flush().await {
+            warn!(jid = %self.jid, error = %e, "waiting for archive writes before an ack failed");
+        }
+    }
+
     /// Attaches a new connection (XEP-0198 §5): acks what the client got, answers `<resumed/>`,
     /// and resends the rest.
     async fn resume(&mut self, req: ResumeRequest) -> Option<Live> {
         let ResumeRequest { h, io, reader, writer } = req;
         let mut l = Live::new(io, reader, writer);
+        self.wait_durable().await;
         let Some(sm) = self.sm.as_mut() else { return None };
         let inbound = sm.inbound;
         let previd = sm.id.clone().unwrap_or_default();

@@ -227,6 +227,11 @@ pub fn routes(state: &HttpState) -> Router<HttpState> {
         .route("/stats", get(stats))
         .route("/registration", get(get_registration).put(put_registration))
         .route("/announce", post(announce))
+        .route("/monitor/incidents/{id}/annotations", post(super::status::annotate_incident))
+        .route("/uploads", get(list_uploads))
+        .route("/uploads/{id}", delete(delete_upload))
+        .route("/rooms", get(list_rooms))
+        .route("/rooms/{jid}", delete(destroy_room))
         .fallback(|| async { ApiError::not_found("no such admin API endpoint (see docs/openapi.yaml)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
@@ -489,6 +494,126 @@ async fn announce(State(state): State<HttpState>, body: std::result::Result<Json
     }
     info!(recipients, "admin API: announcement sent");
     Ok(Json(json!({ "recipients": recipients })))
+}
+
+// --- uploads (XEP-0363) ---------------------------------------------------------------------------
+
+fn uploads(state: &HttpState) -> ApiResult<Arc<kabar_modules::upload::Uploads>> {
+    super::upload::service(server(state))
+        .filter(|u| u.enabled)
+        .ok_or_else(|| ApiError::not_found("HTTP file upload is disabled ([upload] enabled = false)"))
+}
+
+fn upload_error(e: kabar_modules::upload::UploadError) -> ApiError {
+    ApiError::store(e)
+}
+
+/// Stored files by id, paged like `/users` (`limit`, `after` = the last id of the previous page).
+async fn list_uploads(State(state): State<HttpState>, query: std::result::Result<Query<Page>, QueryRejection>) -> ApiResult<Json<serde_json::Value>> {
+    let Query(page) = query?;
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let up = uploads(&state)?;
+    let all = up.list(&server(&state).store).await.map_err(upload_error)?;
+    let rest: Vec<_> = match &page.after {
+        Some(after) => all.iter().filter(|r| r.id.as_str() > after.as_str()).collect(),
+        None => all.iter().collect(),
+    };
+    let more = rest.len() > limit;
+    let items: Vec<_> = rest
+        .iter()
+        .take(limit)
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "owner": r.owner,
+                "filename": r.filename,
+                "size": r.size,
+                "content_type": r.content_type,
+                "created": r.created,
+                "expires": r.expires,
+                "url": up.get_url(&r.id, &r.filename),
+            })
+        })
+        .collect();
+    let next = if more { rest.get(limit - 1).map(|r| json!(r.id)).unwrap_or(json!(null)) } else { json!(null) };
+    Ok(Json(json!({ "uploads": items, "next": next })))
+}
+
+async fn delete_upload(State(state): State<HttpState>, path: std::result::Result<Path<String>, PathRejection>) -> ApiResult<StatusCode> {
+    let Path(id) = path?;
+    let up = uploads(&state)?;
+    if !kabar_modules::upload::valid_id(&id) {
+        return Err(ApiError::not_found("no such upload"));
+    }
+    if up.delete(&server(&state).store, &id).await.map_err(upload_error)? {
+        info!(upload = %id, "admin API: upload deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such upload"))
+    }
+}
+
+// --- rooms (XEP-0045) ----------------------------------------------------------------------------
+
+fn muc(state: &HttpState) -> ApiResult<&kabar_modules::muc::MucModule> {
+    server(state)
+        .modules()
+        .iter()
+        .find_map(|m| (m.as_ref() as &dyn std::any::Any).downcast_ref::<kabar_modules::muc::MucModule>())
+        .filter(|_| server(state).config.muc.enabled)
+        .ok_or_else(|| ApiError::not_found("the multi-user chat service is disabled ([muc] enabled = false)"))
+}
+
+async fn list_rooms(State(state): State<HttpState>, query: std::result::Result<Query<Page>, QueryRejection>) -> ApiResult<Json<serde_json::Value>> {
+    let Query(page) = query?;
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let all = muc(&state)?.list_rooms(server(&state)).await;
+    let rest: Vec<_> = match &page.after {
+        Some(after) => all.iter().filter(|r| r.jid.as_str() > after.as_str()).collect(),
+        None => all.iter().collect(),
+    };
+    let more = rest.len() > limit;
+    let rooms: Vec<_> = rest
+        .iter()
+        .take(limit)
+        .map(|r| {
+            json!({
+                "jid": r.jid,
+                "name": r.name,
+                "occupants": r.occupants,
+                "persistent": r.persistent,
+                "public": r.public,
+                "members_only": r.members_only,
+                "channel": r.channel,
+            })
+        })
+        .collect();
+    let next = if more { rest.get(limit - 1).map(|r| json!(r.jid)).unwrap_or(json!(null)) } else { json!(null) };
+    Ok(Json(json!({ "rooms": rooms, "next": next })))
+}
+
+async fn destroy_room(State(state): State<HttpState>, path: std::result::Result<Path<String>, PathRejection>) -> ApiResult<StatusCode> {
+    let Path(raw) = path?;
+    let module = muc(&state)?;
+    let jid = kabar_core::stanza::parse_bare(raw.trim())
+        .ok()
+        .filter(|j| j.domain().as_str() == module.service_domain())
+        .ok_or_else(|| ApiError::bad_request("invalid_jid", format!("expected a room JID: name@{}", module.service_domain())))?;
+    let Some(name) = jid.node() else {
+        return Err(ApiError::bad_request("invalid_jid", format!("expected a room JID: name@{}", module.service_domain())));
+    };
+    if module.destroy_room(server(&state), name.as_str(), Some("Destroyed by the server administrator")).await {
+        info!(room = %jid, "admin API: room destroyed");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such room"))
+    }
 }
 
 #[cfg(test)]

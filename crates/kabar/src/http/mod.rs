@@ -6,6 +6,8 @@
 pub mod admin;
 mod bosh;
 mod metrics;
+pub mod status;
+pub mod upload;
 mod web;
 mod websocket;
 
@@ -75,7 +77,9 @@ fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
+        .merge(status::routes())
         .nest(admin::BASE, admin::routes(&state))
+        .merge(upload::routes(&state))
         .with_state(state)
 }
 
