@@ -53,7 +53,7 @@ test('status page renders its charts and takes a report through its form without
   // Let the probes produce latency points, then reload: the report and the probe chart show.
   await new Promise((r) => setTimeout(r, 3_000));
   await page.reload();
-  await page.waitForSelector('svg.latency-chart polyline');
+  await page.waitForSelector('svg.latency-chart circle');
   const chart = await page.locator('svg.reports-chart').boundingBox();
   assert.ok(chart && chart.width > 300 && chart.height > 50, `chart box ${JSON.stringify(chart)}`);
   assert.ok(await page.locator('svg.reports-chart rect').count() >= 1, 'the counted report is drawn');

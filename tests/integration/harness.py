@@ -281,6 +281,11 @@ class Server:
             },
             config,
         )
+        # KABAR_TEST_BACKEND=postgres: every server that does not choose its own [storage] runs on
+        # PostgreSQL (a fresh schema in KABAR_TEST_POSTGRES_URL), so the whole suite checks that backend.
+        if os.environ.get("KABAR_TEST_BACKEND") == "postgres" and "storage" not in self.config:
+            self.config["storage"] = {"backend": "postgres", "url": os.environ["KABAR_TEST_POSTGRES_URL"],
+                                      "schema": "it_" + uuid.uuid4().hex[:16]}
         self.config_path.write_text(to_toml(self.config))
         self.passwords: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None

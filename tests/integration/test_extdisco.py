@@ -122,6 +122,14 @@ def test_xep0215_not_offered_when_no_service_is_configured(server):
     assert resp.type == "error" and resp.error_condition == "service-unavailable", resp
 
 
+def test_xep0215_relays_are_only_for_local_accounts(server):
+    """TURN relays cost bandwidth: a component (anyone but user@our-domain) gets <forbidden/>, not credentials."""
+    srv = extdisco_server(server)
+    bot = srv.component()
+    resp = bot.iq("get", f"<services xmlns='{NS}'/>", to=srv.domain, frm="bot.localhost")
+    assert resp.type == "error" and resp.error_condition == "forbidden", resp
+
+
 def _turnserver_or_skip() -> str:
     path = shutil.which("turnserver")
     if path is None or shutil.which("turnutils_uclient") is None:

@@ -187,6 +187,13 @@ def test_xep0402_bookmarks_are_one_set_through_0048_private_storage_0048_pep_and
         f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}items/{{{PUBSUB}}}item/{{storage:bookmarks}}storage/{{storage:bookmarks}}conference")
     assert sorted(c.get("jid") for c in confs) == ["other@conference.localhost", "room@conference.localhost"]
 
+    # XEP-0048 over PEP (slixmpp publishes <storage/> to storage:bookmarks through XEP-0223): the
+    # new set replaces the XEP-0402 items.
+    storage = alice.xmpp.plugin["xep_0048"].stanza.Bookmarks()
+    storage.add_conference("third@conference.localhost", "ali", autojoin=False)
+    run(alice.xmpp.plugin["xep_0048"].set_bookmarks(storage, method="xep_0223"))
+    assert item_ids(run(a.get_items("alice@localhost", BOOKMARKS2)), BOOKMARKS2) == ["third@conference.localhost"]
+
     bob = kabar.client("bob")
     with pytest.raises(IqError) as refused:
         run(pep(bob).get_items("alice@localhost", BOOKMARKS2))
@@ -270,3 +277,19 @@ def test_xep0163_6_1_account_is_a_pep_service_with_publish_options(kabar):
         assert f in features, f
     server = {f.get("var") for f in alice.disco_info().findall("disco_info:query/disco_info:feature")}
     assert "http://jabber.org/protocol/pubsub#publish-options" in server
+
+
+def test_pep_nodes_and_items_survive_a_restart(server):
+    """PEP nodes are stored (XEP-0060 pubsub#persist_items): after a restart the item and the node's
+    access model are still there."""
+    srv = server()
+    alice = srv.client("alice")
+    run(pep(alice).publish(None, OMEMO2_DEVICES, id="current", options=options(alice, pubsub__access_model="open"),
+                           payload=xml("<devices xmlns='urn:xmpp:omemo:2'><device id='4242'/></devices>")))
+    srv.restart()
+    carol = srv.client("carol")
+    got = run(pep(carol).get_items("alice@localhost", OMEMO2_DEVICES))
+    assert item_ids(got, OMEMO2_DEVICES) == ["current"]
+    device = got.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}items/{{{PUBSUB}}}item/"
+                          "{urn:xmpp:omemo:2}devices/{urn:xmpp:omemo:2}device")
+    assert device.get("id") == "4242"

@@ -9,6 +9,7 @@ import hmac
 import http.client as httpclient
 import json
 import os
+import socket
 import ssl
 import time
 import urllib.parse
@@ -254,6 +255,28 @@ def test_xep0363_put_refused_for_wrong_size_type_forged_or_expired_slots(server)
     assert upload_files(srv) == []
 
 
+def test_xep0363_stalled_upload_is_dropped_and_leaves_nothing(server):
+    """A PUT whose body stops arriving is answered 408 after [upload] slot_lifetime_secs of silence and
+    its partial file is removed, so a stalled client cannot hold storage."""
+    srv = server(config={"upload": {"slot_lifetime_secs": 2}})
+    alice = upload_client(srv, "alice")
+    put_url, get_url = request_slot(alice, "stall.bin", 1000, None)
+    u = urllib.parse.urlsplit(put_url)
+    ctx = ssl.create_default_context(cafile=str(srv.ca))
+    with socket.create_connection(("127.0.0.1", srv.http_port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall((f"PUT {u.path}?{u.query} HTTP/1.1\r\nHost: localhost\r\n"
+                         "Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n").encode()
+                        + b"x" * 100)
+            time.sleep(0.5)
+            assert [n for n in upload_files(srv) if n.endswith(".part")], "the upload did not start"
+            tls.settimeout(10)
+            answer = tls.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert upload_files(srv) == []
+    assert http(srv, "GET", get_url).status == 404
+
+
 def test_xep0363_slot_requests_need_filename_and_valid_size(server):
     srv = server()
     alice = upload_client(srv, "alice")
@@ -350,3 +373,13 @@ def test_uploads_survive_a_restart(server):
     srv.restart()
     r = http(srv, "GET", url)
     assert r.status == 200 and r.body == b"still here"
+
+
+def test_xep0363_slots_only_for_local_accounts(server):
+    """Quotas are per local account: an external component (or anyone not user@our-domain) gets
+    <not-allowed/> instead of a slot."""
+    srv = server()
+    bot = srv.component()
+    resp = bot.iq("get", f"<request xmlns='{NS_UPLOAD}' filename='a.txt' size='3' content-type='text/plain'/>",
+                  to=srv.domain, frm="bot.localhost")
+    assert resp.type == "error" and resp.error_condition == "not-allowed", resp

@@ -31,7 +31,9 @@ const READ_BUF: usize = 16 * 1024;
 fn join_presence(room: &str, nick: &str) -> Element {
     elem("presence", NS_CLIENT)
         .with_attr("to", format!("{room}/{nick}"))
-        .with_child(elem("x", NS_MUC).with_child(elem("history", NS_MUC).with_attr("maxstanzas", "0")))
+        .with_child(
+            elem("x", NS_MUC).with_child(elem("history", NS_MUC).with_attr("maxstanzas", "0")),
+        )
 }
 
 /// Joins and waits for the subject (the last stanza of a join, XEP-0045 §7.2.15).
@@ -50,7 +52,9 @@ async fn join(c: &mut Conn, ctx: &Ctx, room: &str, nick: &str) -> Result<()> {
 }
 
 fn field(var: &str, value: &str) -> Element {
-    elem("field", NS_DATA).with_attr("var", var).with_child(elem("value", NS_DATA).with_text(value))
+    elem("field", NS_DATA)
+        .with_attr("var", var)
+        .with_child(elem("value", NS_DATA).with_text(value))
 }
 
 pub async fn muc(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
@@ -71,11 +75,24 @@ async fn run(args: &Args, ctx: &Arc<Ctx>, room: &str, res: &mut Map<String, Valu
     join(&mut owner, ctx, room, "owner").await?;
     let form = elem("x", NS_DATA)
         .with_attr("type", "submit")
-        .with_child(field("FORM_TYPE", "http://jabber.org/protocol/muc#roomconfig"))
-        .with_child(field("muc#roomconfig_maxusers", &(args.users + 10).to_string()))
+        .with_child(field(
+            "FORM_TYPE",
+            "http://jabber.org/protocol/muc#roomconfig",
+        ))
+        .with_child(field(
+            "muc#roomconfig_maxusers",
+            &(args.users + 10).to_string(),
+        ))
         .with_child(field("muc#roomconfig_enablearchiving", "0"))
         .with_child(field("kabar#roomconfig_channel", "1"));
-    owner.iq(ctx, "set", Some(room), elem("query", NS_OWNER).with_child(form)).await?;
+    owner
+        .iq(
+            ctx,
+            "set",
+            Some(room),
+            elem("query", NS_OWNER).with_child(form),
+        )
+        .await?;
 
     // Readers log in and join with at most --concurrency in flight.
     let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
@@ -102,28 +119,44 @@ async fn run(args: &Args, ctx: &Arc<Ctx>, room: &str, res: &mut Map<String, Valu
     let join_s = t_join.elapsed().as_secs_f64();
     res.insert("joined".into(), json!(readers.len()));
     res.insert("join_errors".into(), json!(join_errors));
-    res.insert("joins_per_s".into(), json!(round1(readers.len() as f64 / join_s.max(1e-9))));
+    res.insert(
+        "joins_per_s".into(),
+        json!(round1(readers.len() as f64 / join_s.max(1e-9))),
+    );
     if readers.is_empty() {
         bail!("no reader joined");
     }
 
-    let messages: u64 = if args.rate > 0.0 { (args.rate * args.duration).ceil().max(1.0) as u64 } else { args.window.max(1) * 10 };
+    let messages: u64 = if args.rate > 0.0 {
+        (args.rate * args.duration).ceil().max(1.0) as u64
+    } else {
+        args.window.max(1) * 10
+    };
     let received = Arc::new(AtomicU64::new(0));
     let last_arrival = Arc::new(AtomicU64::new(0));
-    let lat = Arc::new(Mutex::new(Vec::with_capacity((messages * readers.len() as u64).min(2_000_000) as usize)));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(
+        (messages * readers.len() as u64).min(2_000_000) as usize,
+    )));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut readers_set = JoinSet::new();
     for mut c in readers {
-        let (received, last_arrival, lat, mut stop) = (received.clone(), last_arrival.clone(), lat.clone(), stop_rx.clone());
+        let (received, last_arrival, lat, mut stop) = (
+            received.clone(),
+            last_arrival.clone(),
+            lat.clone(),
+            stop_rx.clone(),
+        );
         readers_set.spawn(async move {
             let mut got = 0u64;
             let mut mine = Vec::new();
             loop {
                 while let Some(ev) = c.events.pop_front() {
                     if let kabar_xml::StreamEvent::Element(el) = ev {
-                        let sent = el
-                            .get_child("body", NS_CLIENT)
-                            .and_then(|b| b.text().strip_prefix("fan ").and_then(|t| t.split(' ').next()?.parse::<u64>().ok()));
+                        let sent = el.get_child("body", NS_CLIENT).and_then(|b| {
+                            b.text()
+                                .strip_prefix("fan ")
+                                .and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
+                        });
                         if let Some(sent) = sent {
                             let now = now_ns();
                             mine.push(now.saturating_sub(sent));
@@ -165,7 +198,9 @@ async fn run(args: &Args, ctx: &Arc<Ctx>, room: &str, res: &mut Map<String, Valu
         owner.queue_el(&m)?;
         owner.flush().await?;
     }
-    let deadline = sleep(Duration::from_secs_f64(args.drain + if args.rate > 0.0 { 0.0 } else { args.duration }));
+    let deadline = sleep(Duration::from_secs_f64(
+        args.drain + if args.rate > 0.0 { 0.0 } else { args.duration },
+    ));
     tokio::pin!(deadline);
     loop {
         tokio::select! {
@@ -176,12 +211,18 @@ async fn run(args: &Args, ctx: &Arc<Ctx>, room: &str, res: &mut Map<String, Valu
     let cpu = cpu.read();
     let expected = messages * res.get("joined").and_then(Value::as_u64).unwrap_or(0);
     let got = received.load(Ordering::Relaxed);
-    let span_s = (last_arrival.load(Ordering::Relaxed).saturating_sub(first_post)) as f64 / 1e9;
+    let span_s = (last_arrival
+        .load(Ordering::Relaxed)
+        .saturating_sub(first_post)) as f64
+        / 1e9;
     res.insert("messages".into(), json!(messages));
     res.insert("deliveries_expected".into(), json!(expected));
     res.insert("deliveries".into(), json!(got));
     res.insert("seconds".into(), json!(round3(span_s)));
-    res.insert("deliveries_per_s".into(), json!(round1(got as f64 / span_s.max(1e-9))));
+    res.insert(
+        "deliveries_per_s".into(),
+        json!(round1(got as f64 / span_s.max(1e-9))),
+    );
     let lat = std::mem::take(&mut *lat.lock().unwrap_or_else(|p| p.into_inner()));
     lat_summary(res, lat, "delivery_");
     res.extend(cpu);

@@ -36,9 +36,30 @@ pub fn parse_account(input: &str, domain: &str) -> Result<BareJid, AccountError>
     Ok(jid)
 }
 
-/// Derives both SCRAM key sets. PBKDF2 is deliberately slow, so this runs off the async threads.
+/// Key derivations allowed at once: one per core, so a registration surge queues here instead of
+/// taking every core from the sessions already running (their work stays on the async threads).
+fn derivation_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+    })
+}
+
+static DERIVATIONS_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Key derivations waiting for a slot now (an admission-control signal).
+pub fn derivations_waiting() -> usize {
+    DERIVATIONS_WAITING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Derives both SCRAM key sets. PBKDF2 is deliberately slow, so this runs off the async threads,
+/// at most one derivation per core at a time.
 pub async fn derive(password: &str) -> Result<AccountCredentials, AccountError> {
     let password = password.to_string();
+    DERIVATIONS_WAITING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let permit = derivation_slots().acquire().await;
+    DERIVATIONS_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let _permit = permit.map_err(|e| AccountError::Store(StoreError::Backend(format!("key derivation slots closed: {e}"))))?;
     let result = tokio::task::spawn_blocking(move || {
         let sha1 = new_credentials(ScramHash::Sha1, &password, DEFAULT_ITERATIONS)?;
         let sha256 = new_credentials(ScramHash::Sha256, &password, DEFAULT_ITERATIONS)?;

@@ -18,6 +18,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
+    /// XEP-0401 invitations (docs/INVITES.md).
+    pub invites: InvitesConfig,
     pub components: ComponentsConfig,
     pub ping: PingConfig,
     pub stream_management: StreamManagementConfig,
@@ -25,6 +27,8 @@ pub struct Config {
     pub pep: PepConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// Admission control under overload (docs/OVERLOAD.md).
+    pub admission: crate::admission::AdmissionConfig,
     /// XEP-0363 HTTP file upload (docs/UPLOAD.md).
     pub upload: UploadConfig,
     /// XEP-0215 STUN/TURN servers offered to clients (docs/CALLS.md).
@@ -47,6 +51,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
+            invites: InvitesConfig::default(),
             components: ComponentsConfig::default(),
             ping: PingConfig::default(),
             stream_management: StreamManagementConfig::default(),
@@ -54,6 +59,7 @@ impl Default for Config {
             pep: PepConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            admission: crate::admission::AdmissionConfig::default(),
             upload: UploadConfig::default(),
             external_services: ExternalServicesConfig::default(),
             monitor: crate::monitor_config::MonitorSection::default(),
@@ -203,6 +209,31 @@ impl Default for RegistrationConfig {
                 .to_vec(),
             min_password_length: 8,
         }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InvitesConfig {
+    /// Let users invite contacts (XEP-0401 ad-hoc commands, the `/invite/` landing page, XEP-0445
+    /// pre-authenticated registration and XEP-0379 pre-authenticated subscriptions). Invited
+    /// people may register even while `registration.enabled` is false.
+    pub enabled: bool,
+    /// Seconds an invite created by a user stays valid.
+    pub expiry_secs: u64,
+    /// Accounts one user invite may create (admins choose their own through the admin API).
+    pub max_uses: u32,
+    /// Most usable (unexpired, not used up, not revoked) invites one user may hold at once; a
+    /// further one is refused with <resource-constraint/>.
+    pub max_active_per_user: usize,
+    /// Bare JIDs allowed to run the `urn:xmpp:invite#create-account` command (account-only
+    /// invites); everyone else uses the admin API or the CLI for those.
+    pub admins: Vec<String>,
+}
+
+impl Default for InvitesConfig {
+    fn default() -> Self {
+        InvitesConfig { enabled: true, expiry_secs: 7 * 86_400, max_uses: 1, max_active_per_user: 10, admins: Vec::new() }
     }
 }
 

@@ -3,6 +3,7 @@
 //! `kabar-modules` and reach the core only through [`Server`] and the [`Module`] trait.
 
 pub mod accounts;
+pub mod admission;
 pub mod config;
 pub mod metrics;
 pub mod module;

@@ -12,6 +12,7 @@ use kabar_xml::{Element, ElementExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::{Metrics, StoreOp};
 use crate::module::{Event, Flow, IqRequest, Module};
@@ -41,6 +42,8 @@ pub struct Server {
     pub registration_enabled: AtomicBool,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Admission control for new logins and registrations (docs/OVERLOAD.md).
+    pub admission: Admission,
 }
 
 pub struct ServerBuilder {
@@ -96,6 +99,7 @@ impl ServerBuilder {
             registrations_by_ip: KeyedLimiter::new(self.config.registration.per_ip_per_hour, Duration::from_secs(3600)),
             registration_enabled: AtomicBool::new(self.config.registration.enabled),
             metrics: Metrics::new(),
+            admission: Admission::new(self.config.admission.clone()),
             config: self.config,
             store: self.store,
             sessions: self.sessions,

@@ -106,13 +106,16 @@ pub fn caps_ver_with_forms(identities: &[Identity<'_>], features: &[&str], forms
 
 /// The XEP-0115 §5.1 step 6–8 string of extended information forms; forms without a FORM_TYPE
 /// are left out (§5.4 says to ignore them).
+/// One form as XEP-0115 orders it: FORM_TYPE, then (var, sorted values) sorted by var.
+type FormVer = (String, Vec<(String, Vec<String>)>);
+
 fn forms_ver_input(forms: &[Element]) -> String {
     let values = |field: &Element| -> Vec<String> {
         let mut v: Vec<String> = field.children().filter(|c| c.name() == "value").map(|c| c.text()).collect();
         v.sort_unstable();
         v
     };
-    let mut typed: Vec<(String, Vec<(String, Vec<String>)>)> = forms
+    let mut typed: Vec<FormVer> = forms
         .iter()
         .filter_map(|form| {
             let fields: Vec<&Element> = form.children().filter(|c| c.name() == "field").collect();

@@ -32,7 +32,8 @@ pub const NS_EXTDISCO: &str = "urn:xmpp:extdisco:2";
 pub fn turn_rest_credentials(secret: &[u8], user: &str, expires: u64) -> (String, String) {
     let username = format!("{expires}:{user}");
     // HMAC takes keys of any length; this cannot fail.
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    let mut mac =
+        <Hmac<Sha1> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(username.as_bytes());
     let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     (username, password)
@@ -153,7 +154,9 @@ impl Module for ExtDiscoModule {
                     return Err(StanzaError::bad_request().with_text("A service needs host and type"));
                 };
                 let port: Option<u16> = match req.attr("port") {
-                    Some(p) => Some(p.trim().parse().map_err(|_| StanzaError::bad_request().with_text("Invalid port"))?),
+                    Some(p) => {
+                        Some(p.trim().parse().map_err(|_| StanzaError::bad_request().with_text("Invalid port"))?)
+                    }
                     None => None,
                 };
                 let found = self.config.service.iter().find(|s| {
@@ -167,7 +170,11 @@ impl Module for ExtDiscoModule {
                     // XEP-0215 §3.3: credentials for a service that needs none.
                     return Err(StanzaError::item_not_found().with_text("This service needs no credentials"));
                 }
-                Ok(Some(elem("credentials", NS_EXTDISCO).with_child(self.service_element(service, user.as_str(), true))))
+                Ok(Some(elem("credentials", NS_EXTDISCO).with_child(self.service_element(
+                    service,
+                    user.as_str(),
+                    true,
+                ))))
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod bookmarks;
 pub mod carbons;
 pub mod disco;
 pub mod extdisco;
+pub mod invite;
 pub mod last;
 pub mod mam;
 pub mod muc;
@@ -63,6 +64,8 @@ pub fn default_modules(config: &Config) -> Vec<Arc<dyn Module>> {
         Arc::new(mam::MamModule::new()),
         Arc::new(carbons::CarbonsModule::new()),
         Arc::new(push::PushModule::new()),
+        // XEP-0401 invites: pre-approves XEP-0379 subscription requests before presence sees them.
+        Arc::new(invite::InviteModule::new(&commands)),
         // Last: modules above may observe presence; presence answers Handled for all of it.
         Arc::new(roster::RosterModule::new()),
         Arc::new(presence::PresenceModule::new()),

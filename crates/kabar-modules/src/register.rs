@@ -42,6 +42,7 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use jid::BareJid;
 use kabar_core::accounts::{self, AccountError};
+use kabar_core::admission::Work;
 use kabar_core::module::IqResult;
 use kabar_core::sessions::Outbound;
 use kabar_core::stanza;
@@ -184,7 +185,13 @@ async fn pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Result<Op
     if reg.reserved_usernames.iter().any(|r| r.to_lowercase() == node) {
         return Err(StanzaError::conflict().with_text("The requested username is not available"));
     }
+    // XEP-0445 §5: a username an invite reserves is kept for the invitee until the invite expires.
+    if crate::invite::username_reserved(&server.store, &node, kabar_core::time::unix_now()).await.unwrap_or(false) {
+        return Err(StanzaError::conflict().with_text("The requested username is not available"));
+    }
     check_password(server, &password)?;
+    // Overload: registrations are the first new work shed (RFC 6120 §8.3.3.18, type wait).
+    server.admit(Work::Registration).map_err(|r| StanzaError::new(ErrorType::Wait, "resource-constraint").with_text(r.text()))?;
     let key = limiter_key(client_ip);
     let over_limit = || {
         StanzaError::new(ErrorType::Wait, "policy-violation")

@@ -146,7 +146,11 @@ impl Signer {
 pub fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, UploadError> {
     let err = |source| UploadError::Secret { path: path.to_path_buf(), source };
     match std::fs::read_to_string(path) {
-        Ok(text) => return decode_hex(text.trim()).filter(|k| k.len() == 32).ok_or_else(|| UploadError::BadSecret(path.to_path_buf())),
+        Ok(text) => {
+            return decode_hex(text.trim())
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| UploadError::BadSecret(path.to_path_buf()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
@@ -177,7 +181,7 @@ pub fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, UploadError> {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
@@ -233,7 +237,8 @@ pub fn valid_content_type(ct: &str) -> bool {
         return false;
     }
     let essence = ct.split(';').next().unwrap_or("").trim();
-    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let token =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     match essence.split_once('/') {
         Some((t, sub)) => token(t) && token(sub),
         None => false,
@@ -343,7 +348,12 @@ impl Uploads {
 
     /// Every stored file, sorted by id.
     pub async fn list(&self, store: &SharedStore) -> Result<Vec<UploadRecord>, UploadError> {
-        Ok(store.kv_list("", INDEX_STORE).await?.into_iter().filter_map(|(_, v)| serde_json::from_slice(&v).ok()).collect())
+        Ok(store
+            .kv_list("", INDEX_STORE)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
     }
 
     /// Moves `<id>.part` into place and records it, unless the id is taken or the owner would go
@@ -423,7 +433,13 @@ impl Uploads {
             if !valid_id(id) || live.contains(name) {
                 continue;
             }
-            let old = entry.metadata().await.ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > grace);
+            let old = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > grace);
             if old && tokio::fs::remove_file(entry.path()).await.is_ok() {
                 deleted += 1;
             }
@@ -448,9 +464,12 @@ impl UploadModule {
 
     fn file_too_large(&self) -> StanzaError {
         let max = self.uploads.config.max_file_size;
-        StanzaError::not_acceptable().with_text(format!("File too large. The maximum file size is {max} bytes")).with_app(
-            elem("file-too-large", NS_UPLOAD).with_child(elem("max-file-size", NS_UPLOAD).with_text(max.to_string())),
-        )
+        StanzaError::not_acceptable()
+            .with_text(format!("File too large. The maximum file size is {max} bytes"))
+            .with_app(
+                elem("file-too-large", NS_UPLOAD)
+                    .with_child(elem("max-file-size", NS_UPLOAD).with_text(max.to_string())),
+            )
     }
 
     async fn slot(&self, server: &Server, iq: &IqRequest) -> IqResult {
@@ -548,7 +567,9 @@ impl Module for UploadModule {
         if !self.uploads.enabled {
             return Vec::new();
         }
-        let field = |var: &str, value: String| elem("field", NS_DATA).with_attr("var", var).with_child(elem("value", NS_DATA).with_text(value));
+        let field = |var: &str, value: String| {
+            elem("field", NS_DATA).with_attr("var", var).with_child(elem("value", NS_DATA).with_text(value))
+        };
         vec![elem("x", NS_DATA)
             .with_attr("type", "result")
             .with_child(field("FORM_TYPE", NS_UPLOAD.to_string()).with_attr("type", "hidden"))

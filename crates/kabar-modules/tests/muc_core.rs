@@ -35,7 +35,9 @@ fn join_presence(room_nick: &str, password: Option<&str>) -> Element {
 
 fn codes(p: &Element) -> Vec<String> {
     p.get_child("x", MUC_USER)
-        .map(|x| x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code")).map(str::to_string).collect())
+        .map(|x| {
+            x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code")).map(str::to_string).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -168,7 +170,8 @@ async fn xep0045_7_4_groupchat_is_broadcast_with_room_stanza_id_and_kept_for_his
         assert_eq!(sid.attr("by"), Some("talk@conference.localhost"));
     }
     let (_carol, got) = join(&server, "carol", "talk", "carol").await;
-    let hist: Vec<&Element> = got.iter().filter(|s| s.name() == "message" && s.get_child("body", CLIENT).is_some()).collect();
+    let hist: Vec<&Element> =
+        got.iter().filter(|s| s.name() == "message" && s.get_child("body", CLIENT).is_some()).collect();
     assert_eq!(hist.len(), 1);
     assert!(hist[0].get_child("delay", "urn:xmpp:delay").is_some());
     // maxstanzas='0' asks for none.
@@ -189,12 +192,24 @@ async fn xep0045_7_2_7_members_only_refuses_non_member_until_made_member() {
     let (mut bob, got) = join(&server, "bob", "club", "bob").await;
     let err = got.iter().find(|s| s.attr("type") == Some("error")).expect("refused");
     assert_eq!(error_condition(err).as_deref(), Some("registration-required"));
-    let r = alice.iq(&server, iq("set", "mem", Some("club@conference.localhost"), admin_item(&[("jid", "bob@localhost"), ("affiliation", "member")]))).await;
+    let r = alice
+        .iq(
+            &server,
+            iq(
+                "set",
+                "mem",
+                Some("club@conference.localhost"),
+                admin_item(&[("jid", "bob@localhost"), ("affiliation", "member")]),
+            ),
+        )
+        .await;
     assert!(is_result(&r), "{r:?}");
     bob.send(&server, join_presence("club@conference.localhost/bob", None)).await;
     let got = bob.stanzas();
     assert!(got.iter().all(|s| s.attr("type") != Some("error")), "{got:?}");
-    let list = alice.iq(&server, iq("get", "list", Some("club@conference.localhost"), admin_item(&[("affiliation", "member")]))).await;
+    let list = alice
+        .iq(&server, iq("get", "list", Some("club@conference.localhost"), admin_item(&[("affiliation", "member")])))
+        .await;
     let q = list.get_child("query", MUC_ADMIN).unwrap();
     assert_eq!(q.children().filter_map(|i| i.attr("jid")).collect::<Vec<_>>(), vec!["bob@localhost"]);
 }
@@ -202,7 +217,12 @@ async fn xep0045_7_2_7_members_only_refuses_non_member_until_made_member() {
 #[tokio::test]
 async fn xep0045_7_2_6_password_protected_room_refuses_wrong_password() {
     let server = server();
-    let _alice = create_room(&server, "vault", &[("muc#roomconfig_passwordprotectedroom", "1"), ("muc#roomconfig_roomsecret", "s3cret")]).await;
+    let _alice = create_room(
+        &server,
+        "vault",
+        &[("muc#roomconfig_passwordprotectedroom", "1"), ("muc#roomconfig_roomsecret", "s3cret")],
+    )
+    .await;
     let (mut bob, got) = join(&server, "bob", "vault", "bob").await;
     let err = got.iter().find(|s| s.attr("type") == Some("error")).expect("refused");
     assert_eq!(error_condition(err).as_deref(), Some("not-authorized"));
@@ -215,7 +235,12 @@ async fn xep0045_8_2_kick_307_and_9_1_ban_301_then_banned_join_forbidden() {
     let server = server();
     let mut alice = create_room(&server, "arena", &[]).await;
     let (mut bob, _) = join(&server, "bob", "arena", "bob").await;
-    let r = alice.iq(&server, iq("set", "k", Some("arena@conference.localhost"), admin_item(&[("nick", "bob"), ("role", "none")]))).await;
+    let r = alice
+        .iq(
+            &server,
+            iq("set", "k", Some("arena@conference.localhost"), admin_item(&[("nick", "bob"), ("role", "none")])),
+        )
+        .await;
     assert!(is_result(&r), "{r:?}");
     let got = bob.stanzas();
     let p = presences(&got)[0];
@@ -224,7 +249,17 @@ async fn xep0045_8_2_kick_307_and_9_1_ban_301_then_banned_join_forbidden() {
 
     bob.send(&server, join_presence("arena@conference.localhost/bob", None)).await;
     bob.stanzas();
-    let r = alice.iq(&server, iq("set", "b", Some("arena@conference.localhost"), admin_item(&[("jid", "bob@localhost"), ("affiliation", "outcast")]))).await;
+    let r = alice
+        .iq(
+            &server,
+            iq(
+                "set",
+                "b",
+                Some("arena@conference.localhost"),
+                admin_item(&[("jid", "bob@localhost"), ("affiliation", "outcast")]),
+            ),
+        )
+        .await;
     assert!(is_result(&r), "{r:?}");
     let got = bob.stanzas();
     assert_eq!(codes(presences(&got)[0]), vec!["110", "301"]);
@@ -233,10 +268,25 @@ async fn xep0045_8_2_kick_307_and_9_1_ban_301_then_banned_join_forbidden() {
     assert_eq!(error_condition(&got[0]).as_deref(), Some("forbidden"));
     // A participant may not kick.
     let (mut carol, _) = join(&server, "carol", "arena", "carol").await;
-    let r = carol.iq(&server, iq("set", "k2", Some("arena@conference.localhost"), admin_item(&[("nick", "alice"), ("role", "none")]))).await;
+    let r = carol
+        .iq(
+            &server,
+            iq("set", "k2", Some("arena@conference.localhost"), admin_item(&[("nick", "alice"), ("role", "none")])),
+        )
+        .await;
     assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
     // The last owner cannot step down.
-    let r = alice.iq(&server, iq("set", "o", Some("arena@conference.localhost"), admin_item(&[("jid", "alice@localhost"), ("affiliation", "member")]))).await;
+    let r = alice
+        .iq(
+            &server,
+            iq(
+                "set",
+                "o",
+                Some("arena@conference.localhost"),
+                admin_item(&[("jid", "alice@localhost"), ("affiliation", "member")]),
+            ),
+        )
+        .await;
     assert_eq!(error_condition(&r).as_deref(), Some("conflict"));
 }
 
@@ -249,11 +299,19 @@ async fn xep0045_7_4_moderated_room_visitor_cannot_speak_until_given_voice() {
     bob.send(&server, groupchat("stage@conference.localhost", "hi")).await;
     let got = bob.stanzas();
     assert_eq!(error_condition(&got[0]).as_deref(), Some("forbidden"));
-    let r = alice.iq(&server, iq("set", "v", Some("stage@conference.localhost"), admin_item(&[("nick", "bob"), ("role", "participant")]))).await;
+    let r = alice
+        .iq(
+            &server,
+            iq("set", "v", Some("stage@conference.localhost"), admin_item(&[("nick", "bob"), ("role", "participant")])),
+        )
+        .await;
     assert!(is_result(&r), "{r:?}");
     bob.stanzas();
     bob.send(&server, groupchat("stage@conference.localhost", "hi")).await;
-    assert!(bob.stanzas().iter().any(|s| s.attr("from") == Some("stage@conference.localhost/bob") && s.name() == "message"));
+    assert!(bob
+        .stanzas()
+        .iter()
+        .any(|s| s.attr("from") == Some("stage@conference.localhost/bob") && s.name() == "message"));
 }
 
 #[tokio::test]
@@ -321,9 +379,10 @@ async fn xep0313_room_archive_paging_and_xep0425_moderation_tombstones() {
         let got = alice.stanzas();
         ids.push(got[0].get_child("stanza-id", "urn:xmpp:sid:0").unwrap().attr("id").unwrap().to_string());
     }
-    let q = elem("query", "urn:xmpp:mam:2")
-        .with_attr("queryid", "q1")
-        .with_child(elem("set", "http://jabber.org/protocol/rsm").with_child(elem("max", "http://jabber.org/protocol/rsm").with_text("2")));
+    let q = elem("query", "urn:xmpp:mam:2").with_attr("queryid", "q1").with_child(
+        elem("set", "http://jabber.org/protocol/rsm")
+            .with_child(elem("max", "http://jabber.org/protocol/rsm").with_text("2")),
+    );
     alice.send(&server, iq("set", "mam1", Some("log@conference.localhost"), q)).await;
     let got = alice.stanzas();
     let results: Vec<&Element> = got.iter().filter(|s| s.name() == "message").collect();
@@ -358,24 +417,50 @@ async fn xep0045_persistent_room_survives_restart_and_temporary_room_vanishes() 
         b.build().expect("server")
     };
     let server = build();
-    let alice = create_room(&server, "keep", &[("muc#roomconfig_persistentroom", "1"), ("muc#roomconfig_roomname", "Kept")]).await;
+    let alice =
+        create_room(&server, "keep", &[("muc#roomconfig_persistentroom", "1"), ("muc#roomconfig_roomname", "Kept")])
+            .await;
     let tmp = create_room_as(&server, "bob", "tmp", &[]).await;
     let items = |r: Element| -> Vec<String> {
-        r.get_child("query", "http://jabber.org/protocol/disco#items").unwrap().children().filter_map(|i| i.attr("jid")).map(str::to_string).collect()
+        r.get_child("query", "http://jabber.org/protocol/disco#items")
+            .unwrap()
+            .children()
+            .filter_map(|i| i.attr("jid"))
+            .map(str::to_string)
+            .collect()
     };
     let mut carol = Client::online(&server, "carol@localhost/x");
-    let r = carol.iq(&server, iq("get", "i0", Some(SERVICE), elem("query", "http://jabber.org/protocol/disco#items"))).await;
+    let r = carol
+        .iq(&server, iq("get", "i0", Some(SERVICE), elem("query", "http://jabber.org/protocol/disco#items")))
+        .await;
     assert_eq!(items(r), vec!["keep@conference.localhost", "tmp@conference.localhost"]);
     alice.close(&server).await;
     tmp.close(&server).await;
-    let r = carol.iq(&server, iq("get", "i1", Some(SERVICE), elem("query", "http://jabber.org/protocol/disco#items"))).await;
+    let r = carol
+        .iq(&server, iq("get", "i1", Some(SERVICE), elem("query", "http://jabber.org/protocol/disco#items")))
+        .await;
     assert_eq!(items(r), vec!["keep@conference.localhost"], "the empty temporary room is gone");
     let server2 = build();
     let mut bob = Client::online(&server2, "bob@localhost/x");
-    let r = bob.iq(&server2, iq("get", "items", Some(SERVICE), elem("query", "http://jabber.org/protocol/disco#items"))).await;
+    let r = bob
+        .iq(&server2, iq("get", "items", Some(SERVICE), elem("query", "http://jabber.org/protocol/disco#items")))
+        .await;
     assert_eq!(items(r), vec!["keep@conference.localhost"]);
-    let r = bob.iq(&server2, iq("get", "info", Some("keep@conference.localhost"), elem("query", "http://jabber.org/protocol/disco#info"))).await;
+    let r = bob
+        .iq(
+            &server2,
+            iq(
+                "get",
+                "info",
+                Some("keep@conference.localhost"),
+                elem("query", "http://jabber.org/protocol/disco#info"),
+            ),
+        )
+        .await;
     let q = r.get_child("query", "http://jabber.org/protocol/disco#info").unwrap();
-    assert_eq!(q.get_child("identity", "http://jabber.org/protocol/disco#info").and_then(|i| i.attr("name")), Some("Kept"));
+    assert_eq!(
+        q.get_child("identity", "http://jabber.org/protocol/disco#info").and_then(|i| i.attr("name")),
+        Some("Kept")
+    );
     assert!(q.children().any(|f| f.attr("var") == Some("muc_persistent")));
 }

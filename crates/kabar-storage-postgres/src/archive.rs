@@ -7,6 +7,7 @@
 //! its count and page agree. docs/STORAGE.md shows the plans.
 
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 use kabar_storage::{ArchiveCursor, ArchiveItem, ArchivePage, ArchiveQuery, ArchiveStore, Direction, Result};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
@@ -170,43 +171,62 @@ async fn run_query(tx: &tokio_postgres::Transaction<'_>, owner: &str, q: &Archiv
     Ok(Some(ArchivePage { items, complete, count }))
 }
 
+/// Inserts one item through `c` (a pooled connection or a transaction); false when its id or
+/// dedupe key is already taken.
+pub(crate) async fn insert_item<C: GenericClient>(
+    c: &C,
+    owner: &str,
+    item: &ArchiveItem,
+    dedupe_key: Option<&str>,
+) -> Result<bool> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO archive (owner, id, peer, peer_full, direction, ts, message_id, origin_id,
+                                  replaces, body, stanza, retracted, dedupe_key, search)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, to_tsvector('simple', $14::TEXT))
+             ON CONFLICT DO NOTHING",
+        )
+        .await
+        .ctx("archive_append")?;
+    let search = item.body.as_deref().map(index_text);
+    let n = c
+        .execute(
+            &stmt,
+            &[
+                &owner,
+                &item.id,
+                &item.with,
+                &item.with_full,
+                &item.direction.as_str(),
+                &item.timestamp,
+                &item.message_id,
+                &item.origin_id,
+                &item.replaces,
+                &item.body,
+                &item.stanza,
+                &item.retracted,
+                &dedupe_key,
+                &search,
+            ],
+        )
+        .await
+        .ctx("archive_append")?;
+    Ok(n > 0)
+}
+
 #[async_trait]
 impl ArchiveStore for PgStore {
     async fn archive_append(&self, owner: &str, item: &ArchiveItem, dedupe_key: Option<&str>) -> Result<bool> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO archive (owner, id, peer, peer_full, direction, ts, message_id, origin_id,
-                                      replaces, body, stanza, retracted, dedupe_key, search)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, to_tsvector('simple', $14::TEXT))
-                 ON CONFLICT DO NOTHING",
-            )
-            .await
-            .ctx("archive_append")?;
-        let search = item.body.as_deref().map(index_text);
-        let n = client
-            .execute(
-                &stmt,
-                &[
-                    &owner,
-                    &item.id,
-                    &item.with,
-                    &item.with_full,
-                    &item.direction.as_str(),
-                    &item.timestamp,
-                    &item.message_id,
-                    &item.origin_id,
-                    &item.replaces,
-                    &item.body,
-                    &item.stanza,
-                    &item.retracted,
-                    &dedupe_key,
-                    &search,
-                ],
-            )
-            .await
-            .ctx("archive_append")?;
-        Ok(n > 0)
+        insert_item(&client, owner, item, dedupe_key).await
+    }
+
+    async fn archive_append_queued(&self, owner: &str, item: &ArchiveItem) -> Result<()> {
+        self.queue.append(owner, item).await
+    }
+
+    async fn archive_flush(&self) -> Result<()> {
+        self.queue.flush().await
     }
 
     async fn archive_get(&self, owner: &str, id: &str) -> Result<Option<ArchiveItem>> {

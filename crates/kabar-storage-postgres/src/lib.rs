@@ -27,6 +27,7 @@ use kabar_storage::{
 use tokio_postgres::IsolationLevel;
 
 mod archive;
+mod queue;
 pub mod search;
 
 /// Schema migrations, applied in order at open; migration `n` (1-based) is recorded as version `n`
@@ -160,6 +161,8 @@ pub struct PgStore {
     pool: Pool,
     target: String,
     schema: Option<String>,
+    /// Group commit for queued archive appends (queue.rs).
+    queue: queue::ArchiveQueue,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -280,7 +283,8 @@ impl PgStore {
             .recycle_timeout(Some(opts.connect_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres: cannot build the connection pool: {e}")))?;
-        let store = PgStore { pool, target, schema: opts.schema.clone() };
+        let queue = queue::ArchiveQueue::spawn(pool.clone());
+        let store = PgStore { pool, target, schema: opts.schema.clone(), queue };
         store.migrate().await?;
         Ok(store)
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kabar_storage::{AccountStore, KvStore, OfflineStore, SharedStore, StoreError};
+use kabar_storage::{AccountStore, ArchiveStore, KvStore, OfflineStore, SharedStore, StoreError};
 use kabar_storage_postgres::{PgOptions, PgStore};
 
 /// The database URL, or `None` to skip (panics when PostgreSQL is required).
@@ -224,4 +224,69 @@ fn creds() -> kabar_storage::AccountCredentials {
         server_key: vec![3; 32],
     };
     kabar_storage::AccountCredentials { scram_sha1: s.clone(), scram_sha256: s }
+}
+
+fn queued_item(id: &str, ts: i64, body: &str) -> kabar_storage::ArchiveItem {
+    kabar_storage::ArchiveItem {
+        id: id.to_owned(),
+        with: "peer@pg.example".to_owned(),
+        timestamp: ts,
+        body: Some(body.to_owned()),
+        stanza: format!("<message id='{id}'/>").into_bytes(),
+        ..kabar_storage::ArchiveItem::default()
+    }
+}
+
+async fn archive_ids(s: &PgStore, owner: &str) -> Vec<String> {
+    let q = kabar_storage::ArchiveQuery { max: 100, ..kabar_storage::ArchiveQuery::default() };
+    let page = s.archive_query(owner, &q).await.expect("query").expect("no unknown ids");
+    page.items.into_iter().map(|i| i.id).collect()
+}
+
+/// One batch holds a repeated id and a row PostgreSQL refuses (a NUL in text): the batch fails,
+/// is retried, then stored item by item — every good item lands, the repeat stays single.
+#[tokio::test]
+async fn queued_archive_batch_survives_a_bad_item() {
+    let Some(u) = url() else { return };
+    let t = TempSchema::new(u).await;
+    let owner = "queue@pg.example";
+    assert!(t.archive_append(owner, &queued_item("q1", 1, "first"), None).await.expect("append"));
+    for item in [
+        queued_item("q2", 2, "second"),
+        queued_item("q1", 1, "repeated id"),
+        queued_item("q3", 3, "bad \0 text"),
+        queued_item("q4", 4, "fourth"),
+    ] {
+        t.archive_append_queued(owner, &item).await.expect("queued");
+    }
+    t.archive_flush().await.expect("flush");
+    assert_eq!(archive_ids(&t, owner).await, ["q1", "q2", "q4"]);
+    let q1 = t.archive_get(owner, "q1").await.expect("get").expect("q1");
+    assert_eq!(q1.body.as_deref(), Some("first"), "a repeated id changes nothing");
+}
+
+/// Many tasks queueing at once: after each task's own flush, its items are all readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_archive_appends_from_many_tasks_are_durable_after_flush() {
+    let Some(u) = url() else { return };
+    let t = TempSchema::new(u).await;
+    let store = (*t).clone();
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                let owner = format!("q{n}@pg.example");
+                for i in 0..100i64 {
+                    s.archive_append_queued(&owner, &queued_item(&format!("i{i:03}"), i, "hello"))
+                        .await
+                        .expect("queued");
+                }
+                s.archive_flush().await.expect("flush");
+                archive_ids(&s, &owner).await.len()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("join"), 100);
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jid::{BareJid, FullJid};
+use kabar_core::admission::{Refusal, Work};
 use kabar_core::ns;
 use kabar_core::sessions::Outbound;
 use kabar_core::stanza::{self, Kind, StanzaError};
@@ -42,6 +43,10 @@ pub(crate) struct Conn {
     pub(crate) lang: String,
     pub(crate) peer: SocketAddr,
     pub(crate) deadline: Instant,
+    /// Admission control let this connection in (asked once, at its first stream header).
+    pub(crate) admitted: bool,
+    /// XEP-0445: the invite token this stream presented in `<preauth/>` and the server accepted.
+    pub(crate) invite: Option<String>,
 }
 
 enum Transport {
@@ -96,6 +101,8 @@ impl C2s {
             lang: "en".into(),
             peer,
             deadline,
+            admitted: false,
+            invite: None,
         };
         let (tcp, direct_tls) = match transport {
             Transport::Tcp { tcp, direct_tls } => (tcp, direct_tls),
@@ -195,6 +202,18 @@ impl C2s {
         Round::End
     }
 
+    /// Overload (docs/OVERLOAD.md): a new stream is refused with `<see-other-host/>` when another
+    /// node is configured, else `<resource-constraint/>`, with the retry hint in the text.
+    async fn refuse_busy<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, refusal: &Refusal) -> Round {
+        let condition = match &refusal.other_host {
+            Some(host) => elem("see-other-host", ns::STREAM_ERRORS).with_text(host.clone()),
+            None => elem("resource-constraint", ns::STREAM_ERRORS),
+        };
+        let header = server_header(&self.server.domain, &conn.stream_id, &conn.lang);
+        let _ = conn.writer.stream_error_with(io, &header, condition, Some(&refusal.text())).await;
+        Round::End
+    }
+
     /// Reads the next element within the negotiation deadline, turning transport trouble into the
     /// right stream error.
     pub(crate) async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S) -> Result<Element, Round> {
@@ -230,6 +249,12 @@ impl C2s {
         };
         if let Err(round) = self.accept_header(conn, io, &header).await {
             return round;
+        }
+        if !conn.admitted {
+            if let Err(refusal) = self.server.admit(Work::Login) {
+                return self.refuse_busy(conn, io, &refusal).await;
+            }
+            conn.admitted = true;
         }
         let features = self.features(conn);
         if conn.writer.send(io, &features).await.is_err() {
@@ -303,10 +328,11 @@ impl C2s {
                             Err(round) => return round,
                         }
                     }
-                } else if el.get_child("query", "jabber:iq:register").is_some()
+                } else if kabar_modules::invite::is_pre_auth_iq(&el)
                     && (conn.secure || !self.server.config.c2s.require_encryption)
                 {
-                    let reply = kabar_modules::register::handle_pre_auth(&self.server, conn.peer.ip(), &el).await;
+                    // XEP-0445 `<preauth/>`, and XEP-0077 registration (with the stream's invite, if any).
+                    let reply = kabar_modules::invite::handle_pre_auth(&self.server, conn.peer.ip(), &el, &mut conn.invite).await;
                     if conn.writer.send(io, &reply).await.is_err() {
                         return Round::End;
                     }
@@ -365,6 +391,9 @@ impl C2s {
             }
             if let Some(register) = kabar_modules::register::pre_auth_feature(&self.server) {
                 features.append_child(register);
+            }
+            for f in kabar_modules::invite::pre_auth_features(&self.server) {
+                features.append_child(f);
             }
         } else {
             features.append_child(elem("bind", ns::BIND));

@@ -55,6 +55,39 @@ enum Command {
     /// Bring chat history from elsewhere into a user's archive.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Invitations (XEP-0401, docs/INVITES.md); work whether the server is running or not.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+}
+
+#[derive(Subcommand)]
+enum InviteCommand {
+    /// Create an invite and print its link: `kabar invite create --inviter alice@localhost`, or an
+    /// account-only invite without --inviter.
+    Create {
+        /// Who invites (NAME or NAME@DOMAIN); the new account and the inviter become contacts.
+        #[arg(long)]
+        inviter: Option<String>,
+        /// The username the new account must take.
+        #[arg(long)]
+        username: Option<String>,
+        /// Accounts the invite may create (default: `[invites] max_uses`).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Seconds it stays valid (default: `[invites] expiry_secs`).
+        #[arg(long)]
+        expires_in: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List invites (id, inviter, uses, state).
+    List(#[command(flatten)] Common),
+    /// Revoke an invite by its id (from `kabar invite list`).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +172,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(common) => serve(common).await,
         Command::User(cmd) => user(cmd).await,
+        Command::Invite(cmd) => invite(cmd).await,
         Command::Import(ImportCommand::Whatsapp { user, with, me, utc_offset, date_order, file, common }) => {
             let config = load_config(&common)?;
             let store = storage::open_store(&config).await?;
@@ -252,6 +286,8 @@ async fn serve(common: Common) -> Result<()> {
     for l in https {
         tasks.spawn(http::serve(l, http_state.clone(), tls.clone()));
     }
+    // Overload signals for admission control (docs/OVERLOAD.md).
+    tasks.spawn(kabar_core::admission::run_sampler(Arc::downgrade(&server)));
     tasks.spawn(http::upload::sweeper(server.clone()));
     // Outage monitor: probes, minute ticks, alerts (docs/MONITOR.md); returns at once when off.
     tasks.spawn(monitor::run(server.clone(), tls.ca_path.clone()));
@@ -368,6 +404,50 @@ fn read_password(given: Option<String>, jid: &str) -> Result<String> {
         bail!("empty password: give one with --password or on standard input");
     }
     Ok(password)
+}
+
+async fn invite(cmd: InviteCommand) -> Result<()> {
+    use kabar_modules::invite as inv;
+    let common = match &cmd {
+        InviteCommand::Create { common, .. } | InviteCommand::Revoke { common, .. } | InviteCommand::List(common) => common.clone(),
+    };
+    let config = load_config(&common)?;
+    let store = storage::open_store(&config).await?;
+    let now = kabar_core::time::unix_now();
+    match cmd {
+        InviteCommand::Create { inviter, username, uses, expires_in, .. } => {
+            let inviter = inviter.map(|i| accounts::parse_account(&i, &config.domain)).transpose()?;
+            if let Some(i) = &inviter {
+                if store.credentials(i.as_str()).await?.is_none() {
+                    bail!("{i} has no account here (see `kabar user list`)");
+                }
+            }
+            let new = inv::NewInvite { roster: inviter.is_some(), inviter, username, expires_in_secs: expires_in, max_uses: uses, limited: false };
+            let created = inv::create(&store, &config, new, now).await?;
+            println!("{}\n{}\nexpires {}", created.landing_url, created.uri, kabar_core::time::xep0082(created.invite.expires));
+        }
+        InviteCommand::List(_) => {
+            for i in inv::list(&store).await? {
+                println!(
+                    "{} inviter={} username={} uses={}/{} expires={} {}",
+                    i.id,
+                    i.inviter.as_deref().unwrap_or("-"),
+                    i.username.as_deref().unwrap_or("-"),
+                    i.uses,
+                    i.max_uses,
+                    kabar_core::time::xep0082(i.expires),
+                    i.status(now).as_str()
+                );
+            }
+        }
+        InviteCommand::Revoke { id, .. } => {
+            if !inv::revoke(&store, id.trim()).await? {
+                bail!("no invite with id {id} (see `kabar invite list`)");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
 }
 
 async fn user(cmd: UserCommand) -> Result<()> {

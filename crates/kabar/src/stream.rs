@@ -215,13 +215,25 @@ impl Writer {
         condition: &str,
         text: Option<&str>,
     ) -> io::Result<()> {
+        self.stream_error_with(io, header, elem(condition, ns::STREAM_ERRORS), text).await
+    }
+
+    /// [`Writer::stream_error`] with a condition element that has content (RFC 6120 §4.9.3.19
+    /// `<see-other-host>host</see-other-host>`).
+    pub async fn stream_error_with<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        header: &HeaderAttrs<'_>,
+        condition: Element,
+        text: Option<&str>,
+    ) -> io::Result<()> {
         if self.closed {
             return Ok(());
         }
         if !self.header_sent {
             self.write_header(header)?;
         }
-        let mut error = elem("error", ns::STREAMS).with_child(elem(condition, ns::STREAM_ERRORS));
+        let mut error = elem("error", ns::STREAMS).with_child(condition);
         if let Some(text) = text {
             error.append_child(elem("text", ns::STREAM_ERRORS).with_text(text));
         }

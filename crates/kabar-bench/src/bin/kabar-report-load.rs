@@ -45,6 +45,9 @@ struct Args {
     pipeline: usize,
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
+    /// Reports/s in total, spread over the connections (0: flat out).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     #[arg(long, default_value_t = 0)]
     server_pid: u32,
     #[arg(long, default_value_t = 2)]
@@ -107,7 +110,8 @@ async fn run(args: Args) -> Result<String, String> {
     let mut tasks = Vec::new();
     for i in 0..args.connections {
         let src = Ipv4Addr::new(127, 0, 0, 10 + (i % args.sources.clamp(1, 240)) as u8);
-        tasks.push(tokio::spawn(connection(i, src, args.port, args.domain.clone(), args.service.clone(), args.pipeline.max(1), tls.clone(), totals.clone(), stop.clone())));
+        let per_conn = (args.rate > 0.0).then(|| args.rate / args.connections.max(1) as f64);
+        tasks.push(tokio::spawn(connection(i, src, args.port, args.domain.clone(), args.service.clone(), args.pipeline.max(1), per_conn, tls.clone(), totals.clone(), stop.clone())));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     stop.store(true, Ordering::Relaxed);
@@ -127,6 +131,7 @@ async fn run(args: Args) -> Result<String, String> {
         "connections": args.connections,
         "sources": args.sources,
         "pipeline": args.pipeline,
+        "rate_target": args.rate,
         "duration_s": (elapsed * 10.0).round() / 10.0,
         "sent": totals.sent.load(Ordering::Relaxed),
         "accepted_202": accepted,
@@ -150,12 +155,14 @@ async fn connection(
     domain: String,
     service: String,
     pipeline: usize,
+    rate: Option<f64>,
     tls: TlsConnector,
     totals: Arc<Totals>,
     stop: Arc<AtomicBool>,
 ) -> Vec<u64> {
     let mut latencies = Vec::new();
     let mut seq: u64 = 0;
+    let began = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let result = async {
             let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
@@ -171,7 +178,15 @@ async fn connection(
                 let stopping = stop.load(Ordering::Relaxed);
                 if !stopping {
                     let mut out = Vec::new();
-                    while in_flight.len() < pipeline {
+                    // Paced: send only what the target rate allows by now; wait for the next slot
+                    // when nothing is in flight.
+                    let allowed = rate.map_or(u64::MAX, |r| (r * began.elapsed().as_secs_f64()) as u64 + 1);
+                    if in_flight.is_empty() && seq >= allowed {
+                        let r = rate.unwrap_or(1.0).max(0.001);
+                        tokio::time::sleep(Duration::from_secs_f64(((seq + 1) as f64 / r - began.elapsed().as_secs_f64()).max(0.0005))).await;
+                        continue;
+                    }
+                    while in_flight.len() < pipeline && seq < allowed {
                         seq += 1;
                         let body = format!(
                             r#"{{"service":"{service}","problem":"cant_send","region":"Jakarta","device":"b{idx}-{seq}"}}"#
@@ -209,7 +224,8 @@ async fn connection(
                     let body = &buf[head_end + 4..head_end + 4 + len];
                     if status == 202 {
                         totals.accepted.fetch_add(1, Ordering::Relaxed);
-                        if body.windows(15).any(|w| w == br#""counted":true"#) {
+                        const COUNTED: &[u8] = br#""counted":true"#;
+                        if body.windows(COUNTED.len()).any(|w| w == COUNTED) {
                             totals.counted.fetch_add(1, Ordering::Relaxed);
                         }
                     } else {

@@ -30,7 +30,14 @@ pub fn strip_room_ids(m: &mut Element, room: &BareJid) {
 
 /// Archives `message` (stamped, no `to`) and returns its id, or `None` when the store failed (the
 /// message is still sent: a room stays usable while its archive is not).
-pub async fn append(server: &Server, room: &BareJid, nick_jid: &FullJid, timestamp: i64, id: &str, message: &Element) -> bool {
+pub async fn append(
+    server: &Server,
+    room: &BareJid,
+    nick_jid: &FullJid,
+    timestamp: i64,
+    id: &str,
+    message: &Element,
+) -> bool {
     let bytes = match element_to_bytes(message) {
         Ok(b) => b,
         Err(e) => {
@@ -94,7 +101,9 @@ pub async fn metadata(server: &Server, room: &BareJid) -> Result<Element, Stanza
         let page = server.store.archive_query(room.as_str(), &q).await.map_err(store_failure)?;
         if let Some(item) = page.as_ref().and_then(|p| p.items.first()) {
             md.append_child(
-                elem(name, NS_MAM).with_attr("id", item.id.as_str()).with_attr("timestamp", mam::format_timestamp(item.timestamp)),
+                elem(name, NS_MAM)
+                    .with_attr("id", item.id.as_str())
+                    .with_attr("timestamp", mam::format_timestamp(item.timestamp)),
             );
         }
     }
@@ -126,11 +135,21 @@ pub async fn recent(server: &Server, room: &BareJid, n: usize) -> Vec<(Element, 
 }
 
 /// XEP-0425: tombstones the archived item `id`. `Ok(false)`: no such item.
-pub async fn tombstone(server: &Server, room: &BareJid, id: &str, moderator: &str, reason: Option<&str>, ns_used: &str) -> Result<bool, StanzaError> {
+pub async fn tombstone(
+    server: &Server,
+    room: &BareJid,
+    id: &str,
+    moderator: &str,
+    reason: Option<&str>,
+    ns_used: &str,
+) -> Result<bool, StanzaError> {
     let Some(item) = server.store.archive_get(room.as_str(), id).await.map_err(store_failure)? else {
         return Ok(false);
     };
-    let original = std::str::from_utf8(&item.stanza).ok().and_then(|s| s.parse::<Element>().ok()).unwrap_or_else(|| elem("message", ns::CLIENT));
+    let original = std::str::from_utf8(&item.stanza)
+        .ok()
+        .and_then(|s| s.parse::<Element>().ok())
+        .unwrap_or_else(|| elem("message", ns::CLIENT));
     let mut t = original;
     for node in t.take_nodes() {
         if node.as_element().is_some_and(|c| c.is("origin-id", NS_SID) || c.is("stanza-id", NS_SID)) {

@@ -123,22 +123,36 @@ impl RoomConfig {
         x.append_child(boolean("muc#roomconfig_publicroom", "List the room in the service directory", self.public));
         x.append_child(boolean("muc#roomconfig_membersonly", "Only members may enter", self.members_only));
         x.append_child(boolean("muc#roomconfig_moderatedroom", "Only occupants with voice may speak", self.moderated));
-        x.append_child(boolean("muc#roomconfig_passwordprotectedroom", "A password is needed to enter", self.password_protected()));
-        x.append_child(field("muc#roomconfig_roomsecret", "text-private", "Password", &[self.password.as_deref().unwrap_or("")]));
+        x.append_child(boolean(
+            "muc#roomconfig_passwordprotectedroom",
+            "A password is needed to enter",
+            self.password_protected(),
+        ));
+        x.append_child(field(
+            "muc#roomconfig_roomsecret",
+            "text-private",
+            "Password",
+            &[self.password.as_deref().unwrap_or("")],
+        ));
         let whois = if self.whois == Whois::Anyone { "anyone" } else { "moderators" };
         x.append_child(
             field("muc#roomconfig_whois", "list-single", "Who may see real addresses", &[whois])
                 .with_child(option("Moderators only", "moderators"))
                 .with_child(option("Anyone", "anyone")),
         );
-        let mut maxusers = field("muc#roomconfig_maxusers", "list-single", "Most occupants", &[&self.max_occupants.to_string()]);
+        let mut maxusers =
+            field("muc#roomconfig_maxusers", "list-single", "Most occupants", &[&self.max_occupants.to_string()]);
         for n in [10usize, 20, 30, 50, 100, 200, 500, 1000, 10_000, 100_000] {
             if n <= max_occupants {
                 maxusers.append_child(option(&n.to_string(), &n.to_string()));
             }
         }
         x.append_child(maxusers);
-        x.append_child(boolean("muc#roomconfig_changesubject", "Participants may change the subject", self.change_subject));
+        x.append_child(boolean(
+            "muc#roomconfig_changesubject",
+            "Participants may change the subject",
+            self.change_subject,
+        ));
         x.append_child(boolean("muc#roomconfig_allowinvites", "Occupants may invite others", self.allow_invites));
         x.append_child(
             field("muc#roomconfig_allowpm", "list-single", "Who may send private messages", &[self.allow_pm.as_str()])
@@ -148,7 +162,11 @@ impl RoomConfig {
                 .with_child(option("Nobody", "none")),
         );
         x.append_child(boolean("muc#roomconfig_enablearchiving", "Archive messages (XEP-0313)", self.archive));
-        x.append_child(boolean(FIELD_CHANNEL, "Channel: only owners and admins post; readers do not see each other", self.channel));
+        x.append_child(boolean(
+            FIELD_CHANNEL,
+            "Channel: only owners and admins post; readers do not see each other",
+            self.channel,
+        ));
         x
     }
 
@@ -164,10 +182,8 @@ impl RoomConfig {
             let bad = || StanzaError::bad_request().with_text(format!("bad value for {var}"));
             let flag = || parse_bool(&first).ok_or_else(bad);
             match var {
-                "FORM_TYPE" => {
-                    if !first.is_empty() && first != FORM_ROOMCONFIG {
-                        return Err(StanzaError::bad_request().with_text("FORM_TYPE must be muc#roomconfig"));
-                    }
+                "FORM_TYPE" if !first.is_empty() && first != FORM_ROOMCONFIG => {
+                    return Err(StanzaError::bad_request().with_text("FORM_TYPE must be muc#roomconfig"));
                 }
                 "muc#roomconfig_roomname" => next.name = limited(&first, bad)?,
                 "muc#roomconfig_roomdesc" => next.description = limited(&first, bad)?,
@@ -210,7 +226,9 @@ impl RoomConfig {
             next.password = None;
         }
         if password_flag == Some(true) && !next.password_protected() {
-            return Err(StanzaError::not_acceptable().with_text("a password-protected room needs muc#roomconfig_roomsecret"));
+            return Err(
+                StanzaError::not_acceptable().with_text("a password-protected room needs muc#roomconfig_roomsecret")
+            );
         }
         *self = next;
         Ok(())
@@ -289,7 +307,9 @@ impl Stored {
             room.set_attr_str("creator", c.as_str());
         }
         for (jid, a) in &self.affiliations {
-            room.append_child(elem("affiliation", NS_STORED).with_attr("jid", jid.as_str()).with_attr("value", a.as_str()));
+            room.append_child(
+                elem("affiliation", NS_STORED).with_attr("jid", jid.as_str()).with_attr("value", a.as_str()),
+            );
         }
         if let Some((nick, text)) = &self.subject {
             room.append_child(elem("subject", NS_STORED).with_attr("nick", nick.as_str()).with_text(text.as_str()));

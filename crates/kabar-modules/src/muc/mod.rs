@@ -44,7 +44,7 @@ use tracing::{debug, warn};
 use self::config::RoomConfig;
 use self::room::{Affiliation, Ctx, Role, Room, Service};
 use crate::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS};
-use crate::mam::{NS_MAM, NS_RETRACT, NS_RETRACT_0, NS_FASTEN, NS_SID};
+use crate::mam::{NS_FASTEN, NS_MAM, NS_RETRACT, NS_RETRACT_0, NS_SID};
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -340,7 +340,10 @@ impl MucModule {
                 // Presence to the bare room JID means nothing (§7.2.1 needs a nick).
                 Kind::Presence => {
                     if stanza.attr("type").is_none() {
-                        ctx.error(&stanza, StanzaError::jid_malformed().with_text("join with a nickname: room@service/nick"));
+                        ctx.error(
+                            &stanza,
+                            StanzaError::jid_malformed().with_text("join with a nickname: room@service/nick"),
+                        );
                     }
                 }
             },
@@ -371,7 +374,10 @@ impl MucModule {
         let reply = match (typ, payload.map(|p| p.name()).zip(pns.as_deref())) {
             ("get", Some(("query", NS_DISCO_INFO))) if payload.and_then(|p| p.attr("node")).is_none() => {
                 let mut q = elem("query", NS_DISCO_INFO).with_child(
-                    elem("identity", NS_DISCO_INFO).with_attr("category", "conference").with_attr("type", "text").with_attr("name", "Chatrooms"),
+                    elem("identity", NS_DISCO_INFO)
+                        .with_attr("category", "conference")
+                        .with_attr("type", "text")
+                        .with_attr("name", "Chatrooms"),
                 );
                 for f in [NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC, NS_PING, FEATURE_SELF_PING, FEATURE_STABLE_ID] {
                     q.append_child(elem("feature", NS_DISCO_INFO).with_attr("var", f));
@@ -388,7 +394,11 @@ impl MucModule {
                     if room.gone || room.fresh || room.locked || !room.config.public {
                         continue;
                     }
-                    let name = if room.config.name.is_empty() { room.jid.node().map(|n| n.to_string()).unwrap_or_default() } else { room.config.name.clone() };
+                    let name = if room.config.name.is_empty() {
+                        room.jid.node().map(|n| n.to_string()).unwrap_or_default()
+                    } else {
+                        room.config.name.clone()
+                    };
                     items.push((room.jid.to_string(), name));
                 }
                 items.sort();
@@ -417,7 +427,7 @@ impl MucModule {
             None => self.available(ctx, name, from, nick, stanza).await,
             Some("unavailable") | Some("error") => {
                 let Some(mut room) = self.lock_room(name, false).await else { return };
-                if room.leave(ctx, from, None).await {
+                if room.leave(ctx, from, stanza.get_child("status", ns::CLIENT)).await {
                     self.forget_joined(from, name);
                 }
                 self.settle(ctx.server, name, &mut room).await;
@@ -440,7 +450,8 @@ impl MucModule {
         if self.admins.contains(who) {
             return Ok(());
         }
-        let allowed = if self.creators.is_empty() { who.domain().as_str() == server.domain } else { self.creators.contains(who) };
+        let allowed =
+            if self.creators.is_empty() { who.domain().as_str() == server.domain } else { self.creators.contains(who) };
         if !allowed {
             return Err(StanzaError::not_allowed().with_text("you may not create rooms here"));
         }
@@ -512,7 +523,11 @@ impl MucModule {
                 return self.decline(ctx, &room, from, stanza, decline);
             }
         }
-        ctx.error(stanza, StanzaError::not_acceptable().with_text("send groupchat messages to the room, or a private message to room/nick"));
+        ctx.error(
+            stanza,
+            StanzaError::not_acceptable()
+                .with_text("send groupchat messages to the room, or a private message to room/nick"),
+        );
     }
 
     async fn groupchat(&self, ctx: &mut Ctx<'_>, name: &str, room: &mut Room, from: &Jid, stanza: &Element) {
@@ -536,7 +551,11 @@ impl MucModule {
             return;
         }
         if !room.may_speak(o) {
-            let why = if room.config.channel { "only owners and admins post in this channel" } else { "you have no voice in this room" };
+            let why = if room.config.channel {
+                "only owners and admins post in this channel"
+            } else {
+                "you have no voice in this room"
+            };
             return ctx.error(stanza, StanzaError::forbidden().with_text(why));
         }
         let mut m = stanza.clone();
@@ -587,7 +606,12 @@ impl MucModule {
             if let Some(p) = &room.config.password {
                 ux.append_child(elem("password", NS_MUC_USER).with_text(p.as_str()));
             }
-            let body = format!("{} invites you to the room {}{}", from.to_bare(), room.jid, reason.map(|r| format!(": {r}")).unwrap_or_default());
+            let body = format!(
+                "{} invites you to the room {}{}",
+                from.to_bare(),
+                room.jid,
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
             let m = elem("message", ns::CLIENT)
                 .with_attr("from", room.jid.as_str())
                 .with_attr("to", to.as_str())
@@ -627,7 +651,8 @@ impl MucModule {
             return ctx.error(stanza, StanzaError::item_not_found().with_text("no such room"));
         };
         if typ == "groupchat" {
-            return ctx.error(stanza, StanzaError::bad_request().with_text("groupchat messages go to the room's bare JID"));
+            return ctx
+                .error(stanza, StanzaError::bad_request().with_text("groupchat messages go to the room's bare JID"));
         }
         let Some(sender) = from.try_as_full().ok().and_then(|f| room.occupant_by_jid(f)) else {
             return ctx.error(stanza, StanzaError::not_acceptable().with_text("you are not in this room"));
@@ -636,7 +661,8 @@ impl MucModule {
             return ctx.error(stanza, StanzaError::item_not_found().with_text("no such occupant"));
         };
         if !room.may_pm(sender) {
-            return ctx.error(stanza, StanzaError::forbidden().with_text("private messages are not allowed for you here"));
+            return ctx
+                .error(stanza, StanzaError::forbidden().with_text("private messages are not allowed for you here"));
         }
         let Some(sender_jid) = room.occupant_jid(&sender.nick) else { return };
         let mut m = stanza.clone();
@@ -711,7 +737,10 @@ impl MucModule {
         let bare = from.to_bare();
         let aff = room.affiliation_of(&svc, &bare);
         if room.locked && aff != Affiliation::Owner {
-            return ctx.error(stanza, StanzaError::item_not_found().with_text("the room is locked until its owner configures it"));
+            return ctx.error(
+                stanza,
+                StanzaError::item_not_found().with_text("the room is locked until its owner configures it"),
+            );
         }
         let pns = payload.ns();
         let result = match (payload.name(), pns.as_str(), is_set) {
@@ -724,7 +753,9 @@ impl MucModule {
                 let occupant = from.try_as_full().ok().and_then(|f| room.occupant_by_jid(f)).is_some();
                 if !room.config.archive {
                     Err(StanzaError::service_unavailable().with_text("this room keeps no archive"))
-                } else if aff == Affiliation::Outcast || (room.config.members_only && aff < Affiliation::Member && !occupant) {
+                } else if aff == Affiliation::Outcast
+                    || (room.config.members_only && aff < Affiliation::Member && !occupant)
+                {
                     Err(StanzaError::forbidden().with_text("only members may read this room's archive"))
                 } else if payload.name() == "metadata" {
                     archive::metadata(ctx.server, &room.jid).await.map(Some)
@@ -737,7 +768,9 @@ impl MucModule {
                     }
                 }
             }
-            ("moderate", archive::NS_MODERATE_1, true) => self.moderate(ctx, &mut room, from, aff, payload, false).await,
+            ("moderate", archive::NS_MODERATE_1, true) => {
+                self.moderate(ctx, &mut room, from, aff, payload, false).await
+            }
             ("apply-to", NS_FASTEN, true) if payload.has_child("moderate", archive::NS_MODERATE_0) => {
                 self.moderate(ctx, &mut room, from, aff, payload, true).await
             }
@@ -755,11 +788,28 @@ impl MucModule {
         if let Some(node) = q.attr("node") {
             out.set_attr_str("node", node);
         }
-        let name = if room.config.name.is_empty() { room.jid.node().map(|n| n.to_string()).unwrap_or_default() } else { room.config.name.clone() };
+        let name = if room.config.name.is_empty() {
+            room.jid.node().map(|n| n.to_string()).unwrap_or_default()
+        } else {
+            room.config.name.clone()
+        };
         out.append_child(
-            elem("identity", NS_DISCO_INFO).with_attr("category", "conference").with_attr("type", "text").with_attr("name", name),
+            elem("identity", NS_DISCO_INFO)
+                .with_attr("category", "conference")
+                .with_attr("type", "text")
+                .with_attr("name", name),
         );
-        let mut features = vec![NS_MUC, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, FEATURE_SELF_PING, FEATURE_STABLE_ID, NS_SID, archive::NS_MODERATE_0, archive::NS_MODERATE_1];
+        let mut features = vec![
+            NS_MUC,
+            NS_DISCO_INFO,
+            NS_DISCO_ITEMS,
+            NS_PING,
+            FEATURE_SELF_PING,
+            FEATURE_STABLE_ID,
+            NS_SID,
+            archive::NS_MODERATE_0,
+            archive::NS_MODERATE_1,
+        ];
         if room.config.archive {
             features.push(NS_MAM);
         }
@@ -773,15 +823,26 @@ impl MucModule {
     }
 
     /// §10: configuration form, instant room, cancel, destroy.
-    async fn owner_iq(&self, ctx: &mut Ctx<'_>, name: &str, room: &mut Room, aff: Affiliation, is_set: bool, q: &Element) -> Result<Option<Element>, StanzaError> {
+    async fn owner_iq(
+        &self,
+        ctx: &mut Ctx<'_>,
+        name: &str,
+        room: &mut Room,
+        aff: Affiliation,
+        is_set: bool,
+        q: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
         if aff != Affiliation::Owner {
             return Err(StanzaError::forbidden().with_text("only owners may configure the room"));
         }
         if !is_set {
-            return Ok(Some(elem("query", NS_MUC_OWNER).with_child(room.config.form(&room.jid, self.cfg.max_occupants))));
+            return Ok(Some(
+                elem("query", NS_MUC_OWNER).with_child(room.config.form(&room.jid, self.cfg.max_occupants)),
+            ));
         }
         if let Some(d) = q.get_child("destroy", NS_MUC_OWNER) {
-            let alternate = d.attr("jid").map(|j| stanza::parse_jid(j).map_err(|_| StanzaError::jid_malformed())).transpose()?;
+            let alternate =
+                d.attr("jid").map(|j| stanza::parse_jid(j).map_err(|_| StanzaError::jid_malformed())).transpose()?;
             let reason = d.get_child("reason", NS_MUC_OWNER).map(Element::text);
             room.destroy(ctx, alternate.as_ref().map(|j| j.as_str()), reason.as_deref()).await;
             return Ok(None);
@@ -832,7 +893,16 @@ impl MucModule {
 
     /// §9 (admin) and §8 (moderator) use cases through `muc#admin`.
     #[allow(clippy::too_many_arguments)]
-    async fn admin_iq(&self, ctx: &mut Ctx<'_>, name: &str, room: &mut Room, from: &Jid, aff: Affiliation, is_set: bool, q: &Element) -> Result<Option<Element>, StanzaError> {
+    async fn admin_iq(
+        &self,
+        ctx: &mut Ctx<'_>,
+        name: &str,
+        room: &mut Room,
+        from: &Jid,
+        aff: Affiliation,
+        is_set: bool,
+        q: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
         let actor = from.try_as_full().ok().and_then(|f| room.occupant_by_jid(f));
         let actor_nick = actor.map(|o| o.nick.clone());
         let actor_role = match actor {
@@ -845,7 +915,9 @@ impl MucModule {
             return Err(StanzaError::bad_request().with_text("expected <item/>"));
         }
         if !is_set {
-            let [item] = items.as_slice() else { return Err(StanzaError::bad_request().with_text("one <item/> per list request")) };
+            let [item] = items.as_slice() else {
+                return Err(StanzaError::bad_request().with_text("one <item/> per list request"));
+            };
             return self.admin_list(room, aff, actor_role, item).map(Some);
         }
         enum Change {
@@ -858,11 +930,18 @@ impl MucModule {
         for item in &items {
             let reason = item.get_child("reason", NS_MUC_ADMIN).map(Element::text);
             if let Some(a) = item.attr("affiliation") {
-                let new = Affiliation::parse(a).ok_or_else(|| StanzaError::bad_request().with_text("unknown affiliation"))?;
+                let new =
+                    Affiliation::parse(a).ok_or_else(|| StanzaError::bad_request().with_text("unknown affiliation"))?;
                 let target = match (item.attr("jid"), item.attr("nick")) {
                     (Some(j), _) => stanza::parse_jid(j).map_err(|_| StanzaError::jid_malformed())?.to_bare(),
-                    (None, Some(n)) => room.occupants.get(n).map(|o| o.bare.clone()).ok_or_else(|| StanzaError::item_not_found().with_text("no such occupant"))?,
-                    (None, None) => return Err(StanzaError::bad_request().with_text("an affiliation change needs a jid")),
+                    (None, Some(n)) => room
+                        .occupants
+                        .get(n)
+                        .map(|o| o.bare.clone())
+                        .ok_or_else(|| StanzaError::item_not_found().with_text("no such occupant"))?,
+                    (None, None) => {
+                        return Err(StanzaError::bad_request().with_text("an affiliation change needs a jid"))
+                    }
                 };
                 let current = room.affiliations.get(&target).copied().unwrap_or(Affiliation::None);
                 if aff < Affiliation::Admin {
@@ -885,16 +964,25 @@ impl MucModule {
                 changes.push(Change::Affiliation(target, new, reason));
             } else if let Some(r) = item.attr("role") {
                 let new = Role::parse(r).ok_or_else(|| StanzaError::bad_request().with_text("unknown role"))?;
-                let nick = item.attr("nick").ok_or_else(|| StanzaError::bad_request().with_text("a role change needs a nick"))?;
-                let target = room.occupants.get(nick).ok_or_else(|| StanzaError::item_not_found().with_text("no such occupant"))?;
+                let nick = item
+                    .attr("nick")
+                    .ok_or_else(|| StanzaError::bad_request().with_text("a role change needs a nick"))?;
+                let target = room
+                    .occupants
+                    .get(nick)
+                    .ok_or_else(|| StanzaError::item_not_found().with_text("no such occupant"))?;
                 if actor_role != Role::Moderator {
                     return Err(StanzaError::forbidden().with_text("only moderators change roles"));
                 }
                 if (new == Role::Moderator || target.role == Role::Moderator) && aff < Affiliation::Admin {
-                    return Err(StanzaError::not_allowed().with_text("only admins and owners grant or revoke moderator"));
+                    return Err(
+                        StanzaError::not_allowed().with_text("only admins and owners grant or revoke moderator")
+                    );
                 }
                 if target.affiliation >= Affiliation::Admin && new < Role::Moderator && target.affiliation >= aff {
-                    return Err(StanzaError::not_allowed().with_text("you may not change the role of an admin or owner"));
+                    return Err(
+                        StanzaError::not_allowed().with_text("you may not change the role of an admin or owner")
+                    );
                 }
                 changes.push(Change::Role(nick.to_string(), new, reason));
             } else {
@@ -904,7 +992,9 @@ impl MucModule {
         let mut affiliations_changed = false;
         for c in changes {
             match c {
-                Change::Role(nick, role, reason) => room.set_role(ctx, &nick, role, actor_nick.as_deref(), reason.as_deref()).await,
+                Change::Role(nick, role, reason) => {
+                    room.set_role(ctx, &nick, role, actor_nick.as_deref(), reason.as_deref()).await
+                }
                 Change::Affiliation(jid, a, reason) => {
                     room.set_affiliation(ctx, &svc, &jid, a, actor_nick.as_deref(), reason.as_deref()).await;
                     affiliations_changed = true;
@@ -920,14 +1010,17 @@ impl MucModule {
     fn admin_list(&self, room: &Room, aff: Affiliation, role: Role, item: &Element) -> Result<Element, StanzaError> {
         let mut q = elem("query", NS_MUC_ADMIN);
         if let Some(a) = item.attr("affiliation") {
-            let wanted = Affiliation::parse(a).ok_or_else(|| StanzaError::bad_request().with_text("unknown affiliation"))?;
+            let wanted =
+                Affiliation::parse(a).ok_or_else(|| StanzaError::bad_request().with_text("unknown affiliation"))?;
             if aff < Affiliation::Admin {
                 return Err(StanzaError::forbidden().with_text("only admins and owners see affiliation lists"));
             }
-            let mut list: Vec<(&BareJid, &Affiliation)> = room.affiliations.iter().filter(|(_, x)| **x == wanted).collect();
+            let mut list: Vec<(&BareJid, &Affiliation)> =
+                room.affiliations.iter().filter(|(_, x)| **x == wanted).collect();
             list.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
             for (jid, a) in list {
-                let mut it = elem("item", NS_MUC_ADMIN).with_attr("affiliation", a.as_str()).with_attr("jid", jid.as_str());
+                let mut it =
+                    elem("item", NS_MUC_ADMIN).with_attr("affiliation", a.as_str()).with_attr("jid", jid.as_str());
                 if let Some(o) = room.occupants.values().find(|o| &o.bare == jid) {
                     it.set_attr_str("nick", o.nick.as_str());
                     it.set_attr_str("role", o.role.as_str());
@@ -959,15 +1052,29 @@ impl MucModule {
     }
 
     /// XEP-0425: a moderator retracts a message for everyone.
-    async fn moderate(&self, ctx: &mut Ctx<'_>, room: &mut Room, from: &Jid, aff: Affiliation, payload: &Element, v0: bool) -> Result<Option<Element>, StanzaError> {
+    async fn moderate(
+        &self,
+        ctx: &mut Ctx<'_>,
+        room: &mut Room,
+        from: &Jid,
+        aff: Affiliation,
+        payload: &Element,
+        v0: bool,
+    ) -> Result<Option<Element>, StanzaError> {
         let actor = from.try_as_full().ok().and_then(|f| room.occupant_by_jid(f));
         let is_moderator = actor.is_some_and(|o| o.role == Role::Moderator) || aff >= Affiliation::Admin;
         if !is_moderator {
             return Err(StanzaError::forbidden().with_text("only moderators retract messages"));
         }
-        let id = payload.attr("id").filter(|i| !i.is_empty()).ok_or_else(|| StanzaError::bad_request().with_text("which message? (id)"))?;
+        let id = payload
+            .attr("id")
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| StanzaError::bad_request().with_text("which message? (id)"))?;
         let (ns_mod, moderate) = if v0 {
-            (archive::NS_MODERATE_0, payload.get_child("moderate", archive::NS_MODERATE_0).ok_or_else(StanzaError::bad_request)?)
+            (
+                archive::NS_MODERATE_0,
+                payload.get_child("moderate", archive::NS_MODERATE_0).ok_or_else(StanzaError::bad_request)?,
+            )
         } else {
             (archive::NS_MODERATE_1, payload)
         };
@@ -976,7 +1083,10 @@ impl MucModule {
             return Err(StanzaError::feature_not_implemented().with_text("only retraction is supported"));
         }
         let reason = moderate.get_child("reason", ns_mod).map(Element::text);
-        let by = actor.and_then(|o| room.occupant_jid(&o.nick)).map(|j| j.to_string()).unwrap_or_else(|| room.jid.to_string());
+        let by = actor
+            .and_then(|o| room.occupant_jid(&o.nick))
+            .map(|j| j.to_string())
+            .unwrap_or_else(|| room.jid.to_string());
         let in_history = room.history.iter().any(|h| has_stanza_id(&h.stanza, id, &room.jid));
         let archived = if room.config.archive {
             archive::tombstone(ctx.server, &room.jid, id, &by, reason.as_deref(), archive::NS_MODERATE_1).await?
@@ -994,7 +1104,8 @@ impl MucModule {
             if let Some(r) = &reason {
                 moderated.append_child(elem("reason", ns_mod).with_text(r.as_str()));
             }
-            elem("message", ns::CLIENT).with_child(elem("apply-to", NS_FASTEN).with_attr("id", id).with_child(moderated))
+            elem("message", ns::CLIENT)
+                .with_child(elem("apply-to", NS_FASTEN).with_attr("id", id).with_child(moderated))
         } else {
             let mut retract = elem("retract", NS_RETRACT).with_attr("id", id).with_child(moderated);
             if let Some(r) = &reason {

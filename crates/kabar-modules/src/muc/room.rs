@@ -295,7 +295,13 @@ impl Room {
     }
 
     /// Sends `nick`'s current presence to its audience; `self_extra` codes go in its own copy.
-    async fn broadcast_available(&self, ctx: &mut Ctx<'_>, nick: &str, self_extra: &[&str], only_new_session: Option<&FullJid>) {
+    async fn broadcast_available(
+        &self,
+        ctx: &mut Ctx<'_>,
+        nick: &str,
+        self_extra: &[&str],
+        only_new_session: Option<&FullJid>,
+    ) {
         let Some(o) = self.occupants.get(nick) else { return };
         if only_new_session.is_none() {
             let plain = self.available_presence(o, false, &[]);
@@ -325,9 +331,18 @@ impl Room {
 
     /// The unavailable presence of a departed occupant `o` (already removed from the room) to the
     /// remaining audience and to `o`'s sessions `self_jids`.
-    async fn broadcast_unavailable(&self, ctx: &mut Ctx<'_>, o: &Occupant, self_jids: &[FullJid], item_extra: &[Element], codes: &[&str], destroy: Option<&Element>) {
+    async fn broadcast_unavailable(
+        &self,
+        ctx: &mut Ctx<'_>,
+        o: &Occupant,
+        self_jids: &[FullJid],
+        item_extra: &[Element],
+        codes: &[&str],
+        status_text: Option<&Element>,
+    ) {
         let build = |with_jid: bool, own: bool| {
-            let mut item = elem("item", NS_MUC_USER).with_attr("affiliation", o.affiliation.as_str()).with_attr("role", "none");
+            let mut item =
+                elem("item", NS_MUC_USER).with_attr("affiliation", o.affiliation.as_str()).with_attr("role", "none");
             if with_jid {
                 if let Some(j) = o.jids.first() {
                     item.set_attr_str("jid", j.as_str());
@@ -341,9 +356,6 @@ impl Room {
                 }
             }
             let mut x = muc_user().with_child(item);
-            if let Some(d) = destroy {
-                x.append_child(d.clone());
-            }
             if own {
                 x.append_child(status("110"));
             }
@@ -351,7 +363,12 @@ impl Room {
                 x.append_child(status(c));
             }
             let from = self.occupant_jid(&o.nick).map(|j| j.to_string()).unwrap_or_else(|| self.jid.to_string());
-            elem("presence", ns::CLIENT).with_attr("type", "unavailable").with_attr("from", from).with_child(x)
+            let mut p = elem("presence", ns::CLIENT).with_attr("type", "unavailable").with_attr("from", from);
+            // §7.14: the leaving occupant's own <status/> text goes to everyone.
+            if let Some(s) = status_text {
+                p.append_child(s.clone());
+            }
+            p.with_child(x)
         };
         let plain = build(false, false);
         let with_jid = build(true, false);
@@ -371,7 +388,15 @@ impl Room {
 
     /// §7.2: `from` asks to enter as `nick` with this `<presence/>`. `created` when the join made
     /// the room (the caller set it up, the joiner is its owner).
-    pub async fn join(&mut self, ctx: &mut Ctx<'_>, svc: &Service<'_>, from: &FullJid, nick: &str, presence: &Element, created: bool) -> Result<(), StanzaError> {
+    pub async fn join(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        svc: &Service<'_>,
+        from: &FullJid,
+        nick: &str,
+        presence: &Element,
+        created: bool,
+    ) -> Result<(), StanzaError> {
         let bare = from.to_bare();
         let affiliation = self.affiliation_of(svc, &bare);
         if self.locked && affiliation != Affiliation::Owner {
@@ -398,8 +423,13 @@ impl Room {
             }
         }
         let joining_existing_nick = self.occupants.contains_key(nick);
-        if !joining_existing_nick && affiliation < Affiliation::Admin && self.occupants.len() >= self.config.max_occupants {
-            return Err(StanzaError::new(kabar_core::ErrorType::Wait, "service-unavailable").with_text("the room is full"));
+        if !joining_existing_nick
+            && affiliation < Affiliation::Admin
+            && self.occupants.len() >= self.config.max_occupants
+        {
+            return Err(
+                StanzaError::new(kabar_core::ErrorType::Wait, "service-unavailable").with_text("the room is full")
+            );
         }
         let own_presence = clean_presence(presence, self.occupant_jid(nick).as_ref());
         if joining_existing_nick {
@@ -415,7 +445,14 @@ impl Room {
             let role = self.default_role(affiliation);
             self.occupants.insert(
                 nick.to_string(),
-                Occupant { nick: nick.to_string(), bare, jids: vec![from.clone()], role, affiliation, presence: own_presence },
+                Occupant {
+                    nick: nick.to_string(),
+                    bare,
+                    jids: vec![from.clone()],
+                    role,
+                    affiliation,
+                    presence: own_presence,
+                },
             );
             self.by_jid.insert(from.clone(), nick.to_string());
             self.set_role_index(nick, role);
@@ -487,10 +524,9 @@ impl Room {
 
     async fn send_subject(&self, ctx: &mut Ctx<'_>, to: &FullJid) {
         let (from, text) = match &self.subject {
-            Some((nick, text)) => (
-                self.occupant_jid(nick).map(|j| j.to_string()).unwrap_or_else(|| self.jid.to_string()),
-                text.clone(),
-            ),
+            Some((nick, text)) => {
+                (self.occupant_jid(nick).map(|j| j.to_string()).unwrap_or_else(|| self.jid.to_string()), text.clone())
+            }
             None => (self.jid.to_string(), String::new()),
         };
         let m = elem("message", ns::CLIENT)
@@ -505,7 +541,13 @@ impl Room {
 
     /// Available presence from a session already in the room: a status change, or (to another
     /// nick) a nick change (§7.6).
-    pub async fn presence_update(&mut self, ctx: &mut Ctx<'_>, from: &FullJid, nick: &str, presence: &Element) -> Result<(), StanzaError> {
+    pub async fn presence_update(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: &FullJid,
+        nick: &str,
+        presence: &Element,
+    ) -> Result<(), StanzaError> {
         let Some(current) = self.by_jid.get(from).cloned() else { return Ok(()) };
         if current == nick {
             let pres = clean_presence(presence, self.occupant_jid(nick).as_ref());
@@ -516,14 +558,20 @@ impl Room {
             return Ok(());
         }
         // Nick change.
-        let bare = from.to_bare();
-        if self.occupants.get(nick).is_some_and(|o| o.bare != bare) || self.occupants.contains_key(nick) {
+        if self.occupants.contains_key(nick) {
             return Err(StanzaError::conflict().with_text("that nickname is in use"));
         }
         let Some(mut o) = self.occupants.remove(&current) else { return Ok(()) };
         self.set_role_index(&current, Role::None);
         let nick_attr = elem("nick-attr", NS_MUC_USER).with_text(nick);
-        let old = Occupant { nick: current.clone(), bare: o.bare.clone(), jids: o.jids.clone(), role: o.role, affiliation: o.affiliation, presence: o.presence.clone() };
+        let old = Occupant {
+            nick: current.clone(),
+            bare: o.bare.clone(),
+            jids: o.jids.clone(),
+            role: o.role,
+            affiliation: o.affiliation,
+            presence: o.presence.clone(),
+        };
         // The old name leaves with 303 and the new nick, to everyone who saw it (§7.6.3).
         let jids = o.jids.clone();
         self.broadcast_unavailable(ctx, &old, &jids, &[nick_attr], &["303"], None).await;
@@ -552,21 +600,29 @@ impl Room {
             );
             x.append_child(status("110"));
             let from_attr = self.occupant_jid(&nick).map(|j| j.to_string()).unwrap_or_default();
-            let p = elem("presence", ns::CLIENT).with_attr("type", "unavailable").with_attr("from", from_attr).with_child(x);
+            let p = elem("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", from_attr)
+                .with_child(x);
             ctx.send(from, p).await;
             return false;
         }
         let Some(mut o) = self.occupants.remove(&nick) else { return false };
         self.set_role_index(&nick, Role::None);
         o.jids = vec![from.clone()];
-        let extra: Vec<Element> = status_text.map(|s| vec![s.clone()]).unwrap_or_default();
-        let _ = extra;
-        self.broadcast_unavailable(ctx, &o, std::slice::from_ref(from), &[], &[], None).await;
+        self.broadcast_unavailable(ctx, &o, std::slice::from_ref(from), &[], &[], status_text).await;
         true
     }
 
     /// Removes an occupant (every session) by force: kick 307, ban 301, 321/322 membership changes.
-    pub async fn remove_occupant(&mut self, ctx: &mut Ctx<'_>, nick: &str, code: &str, actor: Option<&str>, reason: Option<&str>) {
+    pub async fn remove_occupant(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        nick: &str,
+        code: &str,
+        actor: Option<&str>,
+        reason: Option<&str>,
+    ) {
         let Some(o) = self.occupants.remove(nick) else { return };
         self.set_role_index(nick, Role::None);
         for j in &o.jids {
@@ -684,7 +740,14 @@ impl Room {
     // --- roles and affiliations (§8, §9, §10) --------------------------------------------------
 
     /// Changes an occupant's role (checked by the caller) and tells the room.
-    pub async fn set_role(&mut self, ctx: &mut Ctx<'_>, nick: &str, role: Role, actor: Option<&str>, reason: Option<&str>) {
+    pub async fn set_role(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        nick: &str,
+        role: Role,
+        actor: Option<&str>,
+        reason: Option<&str>,
+    ) {
         if role == Role::None {
             return self.remove_occupant(ctx, nick, "307", actor, reason).await;
         }
@@ -710,7 +773,15 @@ impl Room {
 
     /// Records an affiliation and brings the occupant (if present) in line: banned and removed
     /// members leave, roles follow the new affiliation.
-    pub async fn set_affiliation(&mut self, ctx: &mut Ctx<'_>, svc: &Service<'_>, jid: &BareJid, a: Affiliation, actor: Option<&str>, reason: Option<&str>) {
+    pub async fn set_affiliation(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        svc: &Service<'_>,
+        jid: &BareJid,
+        a: Affiliation,
+        actor: Option<&str>,
+        reason: Option<&str>,
+    ) {
         if a == Affiliation::None {
             self.affiliations.remove(jid);
         } else {
@@ -736,7 +807,8 @@ impl Room {
         if !self.config.members_only {
             return;
         }
-        let out: Vec<String> = self.occupants.values().filter(|o| o.affiliation < Affiliation::Member).map(|o| o.nick.clone()).collect();
+        let out: Vec<String> =
+            self.occupants.values().filter(|o| o.affiliation < Affiliation::Member).map(|o| o.nick.clone()).collect();
         for nick in out {
             self.remove_occupant(ctx, &nick, "322", None, None).await;
         }
@@ -751,7 +823,8 @@ impl Room {
                 let want = self.default_role(o.affiliation);
                 // Only the defaults move: a voice a moderator granted stays unless the preset
                 // takes it away.
-                (want != o.role && (o.affiliation >= Affiliation::Admin || o.role != Role::Moderator)).then(|| (o.nick.clone(), want))
+                (want != o.role && (o.affiliation >= Affiliation::Admin || o.role != Role::Moderator))
+                    .then(|| (o.nick.clone(), want))
             })
             .collect();
         for (nick, role) in changes {

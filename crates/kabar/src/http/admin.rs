@@ -232,6 +232,8 @@ pub fn routes(state: &HttpState) -> Router<HttpState> {
         .route("/uploads/{id}", delete(delete_upload))
         .route("/rooms", get(list_rooms))
         .route("/rooms/{jid}", delete(destroy_room))
+        .route("/invites", get(list_invites).post(create_invite))
+        .route("/invites/{id}", delete(revoke_invite))
         .fallback(|| async { ApiError::not_found("no such admin API endpoint (see docs/openapi.yaml)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
@@ -613,6 +615,95 @@ async fn destroy_room(State(state): State<HttpState>, path: std::result::Result<
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such room"))
+    }
+}
+
+// --- invites (XEP-0401, docs/INVITES.md) -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewInvite {
+    /// Absent: an account-only invite.
+    inviter: Option<String>,
+    username: Option<String>,
+    expires_in_secs: Option<u64>,
+    max_uses: Option<u32>,
+    /// Befriend inviter and invitee (default: true when there is an inviter).
+    roster: Option<bool>,
+}
+
+fn invite_json(inv: &kabar_modules::invite::Invite) -> serde_json::Value {
+    json!({
+        "id": inv.id,
+        "inviter": inv.inviter,
+        "username": inv.username,
+        "created": kabar_core::time::xep0082(inv.created),
+        "expires": super::invite::expires(inv),
+        "max_uses": inv.max_uses,
+        "uses": inv.uses,
+        "invitees": inv.invitees,
+        "roster": inv.roster,
+        "status": inv.status(kabar_core::time::unix_now()).as_str(),
+    })
+}
+
+impl From<kabar_modules::invite::InviteError> for ApiError {
+    fn from(e: kabar_modules::invite::InviteError) -> ApiError {
+        use kabar_modules::invite::InviteError as E;
+        match e {
+            E::Disabled => ApiError::not_found("invitations are disabled ([invites] enabled = false)"),
+            E::UsernameTaken => ApiError::new(StatusCode::CONFLICT, "exists", "the username is taken or reserved by another invite"),
+            E::InvalidUsername(_) | E::WrongUsername(_) => ApiError::bad_request("invalid_username", e.to_string()),
+            E::BadRequest(m) => ApiError::bad_request("invalid_body", m),
+            E::Account(a) => a.into(),
+            E::Store(s) => ApiError::store(s),
+            other => ApiError::bad_request("invalid_invite", other.to_string()),
+        }
+    }
+}
+
+async fn create_invite(State(state): State<HttpState>, body: std::result::Result<Json<NewInvite>, JsonRejection>) -> ApiResult<Response> {
+    let Json(new) = body?;
+    let server = server(&state);
+    let inviter = match new.inviter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => {
+            let jid = accounts::parse_account(raw, &server.domain)?;
+            if !server.account_exists(&jid).await {
+                return Err(ApiError::not_found("the inviter has no account here"));
+            }
+            Some(jid)
+        }
+    };
+    let request = kabar_modules::invite::NewInvite {
+        roster: new.roster.unwrap_or(inviter.is_some()),
+        inviter,
+        username: new.username.filter(|u| !u.trim().is_empty()),
+        expires_in_secs: new.expires_in_secs,
+        max_uses: new.max_uses,
+        limited: false,
+    };
+    let created = kabar_modules::invite::create(&server.store, &server.config, request, kabar_core::time::unix_now()).await?;
+    info!(invite = %created.invite.id, "admin API: invite created");
+    let mut body = invite_json(&created.invite);
+    body["token"] = json!(created.token);
+    body["uri"] = json!(created.uri);
+    body["landing_url"] = json!(created.landing_url);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_invites(State(state): State<HttpState>) -> ApiResult<Json<serde_json::Value>> {
+    let all = kabar_modules::invite::list(&server(&state).store).await.map_err(ApiError::store)?;
+    Ok(Json(json!({ "invites": all.iter().map(invite_json).collect::<Vec<_>>() })))
+}
+
+async fn revoke_invite(State(state): State<HttpState>, path: std::result::Result<Path<String>, PathRejection>) -> ApiResult<StatusCode> {
+    let Path(id) = path?;
+    if kabar_modules::invite::revoke(&server(&state).store, id.trim()).await.map_err(ApiError::store)? {
+        info!(invite = %id, "admin API: invite revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such invite"))
     }
 }
 

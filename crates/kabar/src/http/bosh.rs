@@ -158,6 +158,9 @@ async fn create(bosh: &Arc<BoshSessions>, state: &HttpState, info: ConnInfo, req
     if !to.eq_ignore_ascii_case(&config.domain) {
         return terminate("host-unknown");
     }
+    if let Err(refusal) = bosh.c2s.server.admit_new_connection(kabar_core::admission::Work::Login) {
+        return super::busy_response(&refusal);
+    }
     let max_wait = config.http.bosh_max_wait_secs.max(1);
     let wait = req.attr("wait").and_then(|w| w.parse::<u64>().ok()).unwrap_or(max_wait).clamp(1, max_wait);
     let sid = random_id(24);

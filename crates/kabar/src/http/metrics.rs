@@ -83,5 +83,28 @@ pub fn render(server: &Server) -> String {
     let _ = writeln!(out, "kabar_registration_enabled {}", u8::from(server.registration_enabled.load(Ordering::Relaxed)));
     head(&mut out, "kabar_admin_auth_failures_total", "counter", "Admin API requests refused for a missing or wrong token.");
     let _ = writeln!(out, "kabar_admin_auth_failures_total {}", m.admin_auth_failures.get());
+
+    // Admission control (docs/OVERLOAD.md): its signals next to their limits (0 = no limit).
+    let a = &server.admission;
+    let sig = a.signals();
+    let cfg = a.config();
+    head(&mut out, "kabar_admission_level", "gauge", "0 open, 1 registrations refused, 2 logins and registrations refused.");
+    let _ = writeln!(out, "kabar_admission_level {}", a.level());
+    head(&mut out, "kabar_admission_refused_total", "counter", "New work refused by admission control, by kind.");
+    let _ = writeln!(out, "kabar_admission_refused_total{{work=\"login\"}} {}", a.refused_logins.get());
+    let _ = writeln!(out, "kabar_admission_refused_total{{work=\"registration\"}} {}", a.refused_registrations.get());
+    for (name, help, value, limit) in [
+        ("connections", "Open client connections (all transports).", server.client_connections(), a.max_connections()),
+        ("memory_mb", "Resident memory, MiB.", sig.memory_mb, cfg.max_memory_mb),
+        ("open_fds", "Open file descriptors.", sig.open_fds, sig.fd_limit * 9 / 10),
+        ("loop_lag_ms", "Event-loop lag, ms (smoothed).", sig.loop_lag_ms, cfg.max_loop_lag_ms),
+        ("store_latency_ms", "Store write-queue barrier latency, ms (smoothed).", sig.store_latency_ms, cfg.max_store_latency_ms),
+        ("registration_queue", "Registrations waiting for a key-derivation slot.", sig.registration_queue, cfg.max_registration_queue),
+    ] {
+        head(&mut out, &format!("kabar_admission_{name}"), "gauge", help);
+        let _ = writeln!(out, "kabar_admission_{name} {value}");
+        head(&mut out, &format!("kabar_admission_{name}_limit"), "gauge", "The limit for the signal above (0: none).");
+        let _ = writeln!(out, "kabar_admission_{name}_limit {limit}");
+    }
     out
 }

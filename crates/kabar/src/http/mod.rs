@@ -5,6 +5,7 @@
 
 pub mod admin;
 mod bosh;
+pub mod invite;
 mod metrics;
 pub mod status;
 pub mod upload;
@@ -76,6 +77,8 @@ fn router(state: HttpState) -> Router {
         .route("/.well-known/host-meta.json", get(host_meta_json))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        // XEP-0401 landing page and its registration form (docs/INVITES.md).
+        .route("/invite/{token}", get(invite::show).post(invite::submit))
         .route("/metrics", get(metrics::metrics))
         .merge(status::routes())
         .nest(admin::BASE, admin::routes(&state))
@@ -112,6 +115,16 @@ pub async fn serve(listener: TcpListener, state: HttpState, tls: Arc<Tls>) {
             }
         });
     }
+}
+
+/// Overload (docs/OVERLOAD.md): new work refused over HTTP is 503 with `Retry-After`.
+pub(crate) fn busy_response(refusal: &kabar_core::admission::Refusal) -> axum::response::Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, refusal.retry_after_secs.to_string())],
+        format!("{}\n", refusal.text()),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {

@@ -681,6 +681,12 @@ fn latency_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Opt
         let color = colors[k % colors.len()];
         let pts: Vec<String> = bins.iter().enumerate().filter_map(|(i, b)| avg(b, name).map(|v| format!("{:.1},{:.1}", PAD_L + bw * (i as f64 + 0.5), y(v)))).collect();
         let _ = write!(out, r##"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"><title>{}</title></polyline>"##, pts.join(" "), esc(name));
+        // Dots too, so a series with one bin (a new probe) is visible.
+        for p in &pts {
+            if let Some((x, y)) = p.split_once(',') {
+                let _ = write!(out, r##"<circle cx="{x}" cy="{y}" r="2" fill="{color}"/>"##);
+            }
+        }
         let _ = write!(out, r##"<text x="{:.1}" y="{}" font-size="10" fill="{color}">{}</text>"##, PAD_L + 6.0 + 110.0 * k as f64, 12, esc(name));
     }
     axis(&mut out, hub, end_minute, max, " ms");
@@ -695,7 +701,7 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
     let mut h = String::with_capacity(64 * 1024);
     let _ = write!(
         h,
-        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{t}</title><link rel="alternate" type="application/atom+xml" title="Incidents" href="/status/incidents.atom"><style>{STYLE}</style></head><body><header><h1>{t}</h1><div class="overall">Overall: <span class="badge {c}" id="overall-state">{s}</span> <span class="muted">updated {u} UTC</span></div></header><main>"#,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{t}</title><link rel="icon" href="data:,"><link rel="alternate" type="application/atom+xml" title="Incidents" href="/status/incidents.atom"><style>{STYLE}</style></head><body><header><h1>{t}</h1><div class="overall">Overall: <span class="badge {c}" id="overall-state">{s}</span> <span class="muted">updated {u} UTC</span></div></header><main>"#,
         t = esc(title),
         c = state_class(worst),
         s = esc(worst.as_str()),

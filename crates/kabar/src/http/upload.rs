@@ -109,14 +109,17 @@ async fn put_file(
     body: Body,
 ) -> Response {
     let up = &st.uploads;
-    let Ok(Query(q)) = query else { return plain(StatusCode::FORBIDDEN, "not an upload URL (missing slot parameters)") };
+    let Ok(Query(q)) = query else {
+        return plain(StatusCode::FORBIDDEN, "not an upload URL (missing slot parameters)");
+    };
     if !kabar_modules::upload::valid_id(&id) {
         return plain(StatusCode::NOT_FOUND, "no such slot");
     }
     if unix_now() > q.expires {
         return plain(StatusCode::FORBIDDEN, "the upload slot has expired; request a new one");
     }
-    let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+    let Some(length) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
     else {
         return plain(StatusCode::LENGTH_REQUIRED, "Content-Length is required");
     };
@@ -133,7 +136,14 @@ async fn put_file(
             Err(_) => return plain(StatusCode::FORBIDDEN, "Content-Type does not match the slot"),
         },
     };
-    let claim = SlotClaim { id: &id, owner: &q.owner, filename: &filename, size: q.size, content_type: &content_type, expires: q.expires };
+    let claim = SlotClaim {
+        id: &id,
+        owner: &q.owner,
+        filename: &filename,
+        size: q.size,
+        content_type: &content_type,
+        expires: q.expires,
+    };
     let signer = match up.signer() {
         Ok(s) => s,
         Err(e) => {
@@ -184,7 +194,8 @@ async fn put_file(
             return plain(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable");
         }
     };
-    if let Err(refusal) = receive(file, body, q.size).await {
+    let idle = Duration::from_secs(up.config.slot_lifetime_secs.max(1));
+    if let Err(refusal) = receive(file, body, q.size, idle).await {
         let _ = tokio::fs::remove_file(&part).await;
         return refusal;
     }
@@ -217,10 +228,15 @@ async fn put_file(
 }
 
 /// Streams the body into `file`, refusing as soon as it would exceed `size` and unless it is
-/// exactly `size` bytes; flushed to disk before returning.
-async fn receive(mut file: tokio::fs::File, mut body: Body, size: u64) -> Result<(), Response> {
+/// exactly `size` bytes; flushed to disk before returning. A body that sends nothing for `idle`
+/// is dropped, so a stalled client cannot hold a file open for good.
+async fn receive(mut file: tokio::fs::File, mut body: Body, size: u64, idle: Duration) -> Result<(), Response> {
     let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(plain(StatusCode::REQUEST_TIMEOUT, "the upload stalled"));
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| {
             debug!(error = %e, "upload body broke off");
             plain(StatusCode::BAD_REQUEST, "the upload broke off")
@@ -246,7 +262,10 @@ async fn receive(mut file: tokio::fs::File, mut body: Body, size: u64) -> Result
 
 /// RFC 6266 `Content-Disposition` with an RFC 8187 UTF-8 filename (and an ASCII fallback).
 fn disposition(kind: &str, filename: &str) -> String {
-    let ascii: String = filename.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let ascii: String = filename
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
+        .collect();
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{}", kabar_modules::upload::percent_encode(filename))
 }
 
@@ -308,7 +327,16 @@ mod tests {
         for t in ["image/png", "image/jpeg", "video/mp4", "audio/ogg", "text/plain; charset=utf-8", "IMAGE/PNG"] {
             assert!(inline_safe(t), "{t}");
         }
-        for t in ["text/html", "image/svg+xml", "application/xhtml+xml", "text/xml", "application/javascript", "application/pdf", "application/octet-stream", "text/html;charset=utf-8"] {
+        for t in [
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/javascript",
+            "application/pdf",
+            "application/octet-stream",
+            "text/html;charset=utf-8",
+        ] {
             assert!(!inline_safe(t), "{t}");
         }
     }
@@ -316,7 +344,10 @@ mod tests {
     #[test]
     fn disposition_quotes_safely() {
         assert_eq!(disposition("inline", "a b.png"), "inline; filename=\"a b.png\"; filename*=UTF-8''a%20b.png");
-        assert_eq!(disposition("attachment", "x\"y.html"), "attachment; filename=\"x_y.html\"; filename*=UTF-8''x%22y.html");
+        assert_eq!(
+            disposition("attachment", "x\"y.html"),
+            "attachment; filename=\"x_y.html\"; filename*=UTF-8''x%22y.html"
+        );
         assert_eq!(disposition("attachment", "ü.txt"), "attachment; filename=\"_.txt\"; filename*=UTF-8''%C3%BC.txt");
     }
 }

@@ -19,6 +19,9 @@ pub async fn upgrade(
     State(state): State<HttpState>,
     Extension(info): Extension<ConnInfo>,
 ) -> Response {
+    if let Err(refusal) = state.c2s.server.admit_new_connection(kabar_core::admission::Work::Login) {
+        return super::busy_response(&refusal);
+    }
     let limit = state.c2s.server.config.limits.max_stanza_bytes.max(4096);
     let ws = ws.protocols(["xmpp"]);
     // RFC 7395 §3.2: the client must offer the "xmpp" subprotocol.
