@@ -292,7 +292,8 @@ fn localpart(username: &str, domain: &str) -> Result<String, InviteError> {
     if username.is_empty() || username.contains(['@', '/']) {
         return Err(InviteError::InvalidUsername(username.to_string()));
     }
-    let jid = accounts::parse_account(username, domain).map_err(|_| InviteError::InvalidUsername(username.to_string()))?;
+    let jid =
+        accounts::parse_account(username, domain).map_err(|_| InviteError::InvalidUsername(username.to_string()))?;
     Ok(jid.node().map(|n| n.as_str().to_string()).unwrap_or_default())
 }
 
@@ -475,10 +476,13 @@ pub async fn register(
 fn check_password(server: &Server, password: &str) -> Result<(), StanzaError> {
     let min = server.config.registration.min_password_length.max(1);
     if password.chars().count() < min {
-        return Err(StanzaError::not_acceptable().with_text(format!("The password must have at least {min} characters")));
+        return Err(
+            StanzaError::not_acceptable().with_text(format!("The password must have at least {min} characters"))
+        );
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(StanzaError::not_acceptable().with_text(format!("The password must have at most {MAX_PASSWORD_BYTES} bytes")));
+        return Err(StanzaError::not_acceptable()
+            .with_text(format!("The password must have at most {MAX_PASSWORD_BYTES} bytes")));
     }
     Ok(())
 }
@@ -536,7 +540,12 @@ pub fn is_pre_auth_iq(iq: &Element) -> bool {
 /// in `stream_invite` for the rest of the stream; a `jabber:iq:register` IQ on a stream with a
 /// validated invite registers with it, any other goes to the register module's
 /// [`register::handle_pre_auth`] (open registration).
-pub async fn handle_pre_auth(server: &Server, client_ip: IpAddr, iq: &Element, stream_invite: &mut Option<String>) -> Element {
+pub async fn handle_pre_auth(
+    server: &Server,
+    client_ip: IpAddr,
+    iq: &Element,
+    stream_invite: &mut Option<String>,
+) -> Element {
     let result = if let Some(preauth) = iq.get_child("preauth", NS_PARS) {
         preauth_iq(server, iq, preauth, stream_invite).await
     } else if let Some(token) = stream_invite.clone() {
@@ -563,7 +572,12 @@ pub async fn handle_pre_auth(server: &Server, client_ip: IpAddr, iq: &Element, s
     reply
 }
 
-async fn preauth_iq(server: &Server, iq: &Element, preauth: &Element, stream_invite: &mut Option<String>) -> Result<Option<Element>, StanzaError> {
+async fn preauth_iq(
+    server: &Server,
+    iq: &Element,
+    preauth: &Element,
+    stream_invite: &mut Option<String>,
+) -> Result<Option<Element>, StanzaError> {
     if stanza::stanza_type(iq) != Some("set") || iq.children().count() != 1 {
         return Err(StanzaError::bad_request());
     }
@@ -584,7 +598,12 @@ async fn preauth_iq(server: &Server, iq: &Element, preauth: &Element, stream_inv
     }
 }
 
-async fn register_iq(server: &Server, client_ip: IpAddr, iq: &Element, token: &str) -> Result<Option<Element>, StanzaError> {
+async fn register_iq(
+    server: &Server,
+    client_ip: IpAddr,
+    iq: &Element,
+    token: &str,
+) -> Result<Option<Element>, StanzaError> {
     let is_set = match stanza::stanza_type(iq) {
         Some("get") => false,
         Some("set") => true,
@@ -610,7 +629,10 @@ async fn register_iq(server: &Server, client_ip: IpAddr, iq: &Element, token: &s
         }
         return Ok(Some(
             elem("query", NS_REGISTER)
-                .with_child(elem("instructions", NS_REGISTER).with_text("Choose a username and password for your invited account."))
+                .with_child(
+                    elem("instructions", NS_REGISTER)
+                        .with_text("Choose a username and password for your invited account."),
+                )
                 .with_child(username)
                 .with_child(elem("password", NS_REGISTER)),
         ));
@@ -635,10 +657,13 @@ pub fn stanza_error(e: InviteError) -> StanzaError {
         InviteError::Disabled => StanzaError::service_unavailable(),
         InviteError::NotFound | InviteError::Unusable(_) => not_authorized(),
         InviteError::UsernameTaken => StanzaError::conflict().with_text("The requested username is not available"),
-        InviteError::InvalidUsername(_) | InviteError::Account(AccountError::InvalidJid(_) | AccountError::WrongDomain(..)) => {
+        InviteError::InvalidUsername(_)
+        | InviteError::Account(AccountError::InvalidJid(_) | AccountError::WrongDomain(..)) => {
             StanzaError::not_acceptable().with_text("The requested username is invalid")
         }
-        InviteError::WrongUsername(u) => StanzaError::not_acceptable().with_text(format!("This invitation is for the username '{u}'")),
+        InviteError::WrongUsername(u) => {
+            StanzaError::not_acceptable().with_text(format!("This invitation is for the username '{u}'"))
+        }
         InviteError::BadRequest(t) => StanzaError::not_acceptable().with_text(t),
         InviteError::Account(AccountError::BadPassword(t)) => StanzaError::not_acceptable().with_text(t),
         InviteError::Account(AccountError::Exists) => StanzaError::conflict(),
@@ -758,7 +783,10 @@ async fn revoke_all_of(server: &Server, user: &BareJid) {
 /// XEP-0401 §5.1 / §5.4 result form.
 fn result_form(created: &Created) -> Element {
     let field = |var: &str, kind: &str, value: &str| {
-        elem("field", NS_DATA).with_attr("var", var).with_attr("type", kind).with_child(elem("value", NS_DATA).with_text(value))
+        elem("field", NS_DATA)
+            .with_attr("var", var)
+            .with_attr("type", kind)
+            .with_child(elem("value", NS_DATA).with_text(value))
     };
     elem("x", NS_DATA)
         .with_attr("type", "result")
@@ -773,9 +801,9 @@ fn command_error(e: InviteError) -> StanzaError {
         InviteError::Disabled => StanzaError::service_unavailable().with_text(e.to_string()),
         InviteError::LimitReached(..) => StanzaError::resource_constraint().with_text(e.to_string()),
         InviteError::UsernameTaken => StanzaError::conflict().with_text(e.to_string()),
-        InviteError::InvalidUsername(_) | InviteError::BadRequest(_) | InviteError::Account(AccountError::InvalidJid(_)) => {
-            adhoc::bad_payload(e.to_string())
-        }
+        InviteError::InvalidUsername(_)
+        | InviteError::BadRequest(_)
+        | InviteError::Account(AccountError::InvalidJid(_)) => adhoc::bad_payload(e.to_string()),
         other => {
             warn!(error = %other, "invite command failed");
             StanzaError::internal_server_error()
@@ -818,9 +846,12 @@ impl AdhocCommand for CreateAccountCommand {
     }
     async fn execute(&self, server: &Server, request: &CommandRequest<'_>) -> Result<CommandReply, StanzaError> {
         let admin = request.from.to_bare();
-        let allowed = server.config.invites.admins.iter().any(|a| stanza::parse_bare(a.trim()).ok().as_ref() == Some(&admin));
+        let allowed =
+            server.config.invites.admins.iter().any(|a| stanza::parse_bare(a.trim()).ok().as_ref() == Some(&admin));
         if !allowed {
-            return Err(StanzaError::forbidden().with_text("Only invitation administrators may create account invitations"));
+            return Err(
+                StanzaError::forbidden().with_text("Only invitation administrators may create account invitations")
+            );
         }
         let Some(_) = request.form else {
             return Ok(CommandReply::Form(
@@ -831,13 +862,8 @@ impl AdhocCommand for CreateAccountCommand {
         };
         let username = request.field("username").map(|u| u.trim().to_string()).filter(|u| !u.is_empty());
         let roster = matches!(request.field("roster-subscription").as_deref(), Some("1" | "true"));
-        let new = NewInvite {
-            inviter: roster.then_some(admin),
-            username,
-            roster,
-            limited: false,
-            ..Default::default()
-        };
+        let new =
+            NewInvite { inviter: roster.then_some(admin), username, roster, limited: false, ..Default::default() };
         let created = create(&server.store, &server.config, new, unix_now()).await.map_err(command_error)?;
         Ok(CommandReply::Completed {
             note: format!("Share this link: {}", created.landing_url),

@@ -195,7 +195,7 @@ impl NodeConfig {
     }
 }
 
-/// A node as stored: configuration, item ids oldest first, and the next sequence number.
+/// A node as stored: configuration and item ids, oldest first.
 #[derive(Clone, Debug)]
 struct NodeRecord {
     config: NodeConfig,
@@ -470,6 +470,18 @@ fn store_error(e: impl std::fmt::Display) -> StanzaError {
     StanzaError::internal_server_error()
 }
 
+/// Node names and item ids become store keys: keep them reasonable.
+const MAX_NAME_BYTES: usize = 1024;
+
+fn check_name(name: &str) -> Result<(), StanzaError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(StanzaError::not_acceptable().with_text(format!(
+            "node names and item ids are limited to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn node_required() -> StanzaError {
     pubsub_error(StanzaError::bad_request(), "nodeid-required")
 }
@@ -661,12 +673,16 @@ impl PepModule {
         let id = id
             .filter(|i| !i.is_empty())
             .unwrap_or_else(|| self.next_id(""));
+        check_name(node)?;
+        check_name(&id)?;
         let config = {
             let _guard = self.lock(owner).await;
             let mut rec = match self.load_node(server, owner, node).await? {
                 Some(rec) => {
                     if let Some(fields) = options {
-                        if !preconditions_hold(&rec.config, fields, self.cfg.max_items_cap)? {
+                        // An option the node could not even hold cannot match it either.
+                        let holds = preconditions_hold(&rec.config, fields, self.cfg.max_items_cap);
+                        if !holds.unwrap_or(false) {
                             return Err(precondition_not_met());
                         }
                     }
@@ -772,6 +788,7 @@ impl PepModule {
         node: &str,
         fields: Option<&Fields>,
     ) -> Result<(), StanzaError> {
+        check_name(node)?;
         let _guard = self.lock(owner).await;
         if self.load_node(server, owner, node).await?.is_some() {
             return Err(StanzaError::conflict());

@@ -40,7 +40,10 @@ fn condition(reply: &Element) -> Option<String> {
 }
 
 fn preauth_iq(token: &str) -> Element {
-    elem("iq", NS_CLIENT).with_attr("type", "set").with_attr("id", "pa1").with_child(elem("preauth", NS_PARS).with_attr("token", token))
+    elem("iq", NS_CLIENT)
+        .with_attr("type", "set")
+        .with_attr("id", "pa1")
+        .with_child(elem("preauth", NS_PARS).with_attr("token", token))
 }
 
 fn register_iq(user: &str, password: &str) -> Element {
@@ -67,7 +70,9 @@ async fn subscription(server: &Server, user: &str, contact: &str) -> Option<Subs
 async fn xep0401_token_is_stored_only_as_its_sha256() {
     let h = harness().await;
     h.create_account("alice").await;
-    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now()).await.expect("created");
+    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now())
+        .await
+        .expect("created");
     assert!(invite::plausible_token(&created.token));
     assert_eq!(created.invite.id, invite::token_id(&created.token));
     let stored = h.server.store.kv_list("", "invites").await.expect("list");
@@ -91,7 +96,8 @@ async fn xep0445_4_preauth_refuses_unknown_expired_used_and_revoked_tokens_with_
     h.create_account("alice").await;
     let server = &h.server;
     let mut stream_invite = None;
-    let unknown = invite::handle_pre_auth(server, ip(), &preauth_iq("NoSuchToken0123456789abc"), &mut stream_invite).await;
+    let unknown =
+        invite::handle_pre_auth(server, ip(), &preauth_iq("NoSuchToken0123456789abc"), &mut stream_invite).await;
     assert_eq!(unknown.attr("type"), Some("error"));
     assert_eq!(condition(&unknown).as_deref(), Some("item-not-found"));
     assert_eq!(stream_invite, None);
@@ -103,13 +109,17 @@ async fn xep0445_4_preauth_refuses_unknown_expired_used_and_revoked_tokens_with_
     assert_eq!(condition(&reply).as_deref(), Some("item-not-found"), "{reply:?}");
 
     // Revoked.
-    let revoked = invite::create(&server.store, &server.config, user_invite("alice@localhost"), unix_now()).await.expect("created");
+    let revoked = invite::create(&server.store, &server.config, user_invite("alice@localhost"), unix_now())
+        .await
+        .expect("created");
     assert!(invite::revoke(&server.store, &revoked.invite.id).await.expect("revoke"));
     let reply = invite::handle_pre_auth(server, ip(), &preauth_iq(&revoked.token), &mut stream_invite).await;
     assert_eq!(condition(&reply).as_deref(), Some("item-not-found"));
 
     // Used: the single use goes to bob; the next stream is refused at <preauth/>.
-    let once = invite::create(&server.store, &server.config, user_invite("alice@localhost"), unix_now()).await.expect("created");
+    let once = invite::create(&server.store, &server.config, user_invite("alice@localhost"), unix_now())
+        .await
+        .expect("created");
     let (pre, reg) = preauth_and_register(server, &once.token, "bob", "bob-password-1").await;
     assert_eq!(pre.attr("type"), Some("result"), "{pre:?}");
     assert_eq!(reg.attr("type"), Some("result"), "{reg:?}");
@@ -126,7 +136,9 @@ async fn xep0445_registration_with_token_works_while_open_registration_is_off_an
     assert!(!h.server.config.registration.enabled);
     let mut alice = h.login("alice@localhost/phone").await;
     h.roster_get("alice@localhost/phone", &mut alice).await;
-    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now()).await.expect("created");
+    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now())
+        .await
+        .expect("created");
 
     // Without <preauth/> the same registration is refused (registration is closed).
     let mut none = None;
@@ -152,7 +164,8 @@ async fn xep0445_registration_with_token_works_while_open_registration_is_off_an
     assert!(
         got.iter().any(|s| s.name() == "message"
             && s.attr("from") == Some("localhost")
-            && s.get_child("body", NS_CLIENT).is_some_and(|b| b.text() == "dave@localhost joined via your invite. Say hello!")),
+            && s.get_child("body", NS_CLIENT)
+                .is_some_and(|b| b.text() == "dave@localhost joined via your invite. Say hello!")),
         "no joined notice: {got:?}"
     );
 }
@@ -162,7 +175,9 @@ async fn xep0445_invite_stays_usable_on_its_stream_after_expiry_but_not_after_it
     let h = harness().await;
     h.create_account("alice").await;
     let server = &h.server;
-    let created = invite::create(&server.store, &server.config, user_invite("alice@localhost"), unix_now()).await.expect("created");
+    let created = invite::create(&server.store, &server.config, user_invite("alice@localhost"), unix_now())
+        .await
+        .expect("created");
     let mut first = None;
     let mut second = None;
     for s in [&mut first, &mut second] {
@@ -207,11 +222,19 @@ async fn xep0445_5_reserved_username_is_the_only_one_and_is_kept_from_others() {
     let open = kabar_modules::register::handle_pre_auth(server, ip(), &register_iq("juliet", "juliet-password")).await;
     assert_eq!(condition(&open).as_deref(), Some("conflict"), "{open:?}");
     // … nor can another invite or this invite under another name.
-    let other = invite::create(&server.store, &server.config, NewInvite { username: Some("juliet".into()), ..Default::default() }, unix_now()).await;
+    let other = invite::create(
+        &server.store,
+        &server.config,
+        NewInvite { username: Some("juliet".into()), ..Default::default() },
+        unix_now(),
+    )
+    .await;
     assert!(matches!(other, Err(InviteError::UsernameTaken)), "{other:?}");
     let wrong = invite::register(server, ip(), &created.token, "romeo", "romeo-password", Expiry::Check).await;
     assert!(matches!(wrong, Err(InviteError::WrongUsername(_))), "{wrong:?}");
-    let ok = invite::register(server, ip(), &created.token, "juliet", "juliet-password", Expiry::Check).await.expect("registered");
+    let ok = invite::register(server, ip(), &created.token, "juliet", "juliet-password", Expiry::Check)
+        .await
+        .expect("registered");
     assert_eq!(ok.as_str(), "juliet@localhost");
     // Account-only: no roster was touched.
     assert!(server.store.roster("juliet@localhost").await.expect("roster").0.is_empty());
@@ -283,13 +306,16 @@ async fn xep0379_3_4_subscription_with_valid_token_is_approved_and_made_mutual()
     h.send("bob@localhost/pc", presence(None, None)).await;
     recv_all(&mut alice);
     recv_all(&mut bob);
-    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now()).await.expect("created");
+    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now())
+        .await
+        .expect("created");
     let subscribe = presence(Some("alice@localhost"), Some("subscribe"))
         .with_child(elem("preauth", NS_PARS).with_attr("token", created.token.as_str()));
     h.send("bob@localhost/pc", subscribe).await;
     let got = recv_all(&mut bob);
     assert!(got.iter().any(|s| is_presence(s, Some("subscribed"), "alice@localhost")), "not approved: {got:?}");
-    let back = got.iter().find(|s| is_presence(s, Some("subscribe"), "alice@localhost")).expect("alice subscribes back");
+    let back =
+        got.iter().find(|s| is_presence(s, Some("subscribe"), "alice@localhost")).expect("alice subscribes back");
     // bob's client approves, as a client that asked for the contact does.
     h.send("bob@localhost/pc", presence(Some("alice@localhost"), Some("subscribed"))).await;
     let _ = back;
@@ -314,10 +340,13 @@ async fn xep0379_token_of_another_user_or_junk_does_not_approve() {
     h.send("alice@localhost/phone", presence(None, None)).await;
     let mut bob = h.login("bob@localhost/pc").await;
     h.create_account("carol").await;
-    let carols = invite::create(&h.server.store, &h.server.config, user_invite("carol@localhost"), unix_now()).await.expect("created");
+    let carols = invite::create(&h.server.store, &h.server.config, user_invite("carol@localhost"), unix_now())
+        .await
+        .expect("created");
     recv_all(&mut alice);
     for token in [carols.token.as_str(), "junk", ""] {
-        let s = presence(Some("alice@localhost"), Some("subscribe")).with_child(elem("preauth", NS_PARS).with_attr("token", token));
+        let s = presence(Some("alice@localhost"), Some("subscribe"))
+            .with_child(elem("preauth", NS_PARS).with_attr("token", token));
         h.send("bob@localhost/pc", s).await;
     }
     assert!(!recv_all(&mut bob).iter().any(|s| is_presence(s, Some("subscribed"), "alice@localhost")));
@@ -331,7 +360,9 @@ async fn xep0379_token_of_another_user_or_junk_does_not_approve() {
 async fn xep0401_deleting_the_inviter_revokes_their_invites() {
     let h = harness().await;
     h.create_account("alice").await;
-    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now()).await.expect("created");
+    let created = invite::create(&h.server.store, &h.server.config, user_invite("alice@localhost"), unix_now())
+        .await
+        .expect("created");
     kabar_core::accounts::delete(&h.server.store, &bare("alice@localhost")).await.expect("deleted");
     h.server.notify(kabar_core::Event::AccountDeleted { jid: &bare("alice@localhost"), roster: &[] }).await;
     let inv = invite::find(&h.server.store, &created.token).await.expect("find").expect("exists");

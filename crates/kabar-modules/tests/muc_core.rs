@@ -464,3 +464,335 @@ async fn xep0045_persistent_room_survives_restart_and_temporary_room_vanishes() 
     );
     assert!(q.children().any(|f| f.attr("var") == Some("muc_persistent")));
 }
+
+fn errors_in(stanzas: &[Element]) -> Vec<String> {
+    stanzas.iter().filter(|s| s.attr("type") == Some("error")).filter_map(error_condition).collect()
+}
+
+#[tokio::test]
+async fn xep0045_8_1_subject_needs_permission_and_comes_last_on_join() {
+    let server = server();
+    let alice = create_room(&server, "topic", &[]).await;
+    let (mut bob, _) = join(&server, "bob", "topic", "bob").await;
+    let subject = |text: &str| {
+        elem("message", CLIENT)
+            .with_attr("to", "topic@conference.localhost")
+            .with_attr("type", "groupchat")
+            .with_child(elem("subject", CLIENT).with_text(text))
+    };
+    bob.send(&server, subject("mine")).await;
+    assert_eq!(errors_in(&bob.stanzas()), vec!["forbidden"]);
+    alice.send(&server, subject("Rapat jam 10")).await;
+    let got = bob.stanzas();
+    assert_eq!(got[0].get_child("subject", CLIENT).map(|s| s.text()).as_deref(), Some("Rapat jam 10"));
+    assert_eq!(got[0].attr("from"), Some("topic@conference.localhost/alice"));
+    let (_carol, got) = join(&server, "carol", "topic", "carol").await;
+    let last = got.last().unwrap();
+    assert_eq!(last.get_child("subject", CLIENT).map(|s| s.text()).as_deref(), Some("Rapat jam 10"));
+}
+
+#[tokio::test]
+async fn xep0045_7_2_10_full_room_refuses_with_service_unavailable() {
+    let server = server();
+    let _alice = create_room(&server, "tiny", &[("muc#roomconfig_maxusers", "1")]).await;
+    let (_bob, got) = join(&server, "bob", "tiny", "bob").await;
+    let err = got.iter().find(|s| s.attr("type") == Some("error")).expect("refused");
+    assert_eq!(error_condition(err).as_deref(), Some("service-unavailable"));
+    assert_eq!(error_type(err).as_deref(), Some("wait"));
+}
+
+#[tokio::test]
+async fn xep0045_7_8_2_mediated_invitation_makes_member_and_decline_returns() {
+    let server = server();
+    let mut alice = create_room(&server, "inv", &[("muc#roomconfig_membersonly", "1")]).await;
+    ensure_account(&server, "bob").await;
+    let mut bob = Client::online(&server, "bob@localhost/x");
+    let invite = elem("message", CLIENT).with_attr("to", "inv@conference.localhost").with_child(
+        elem("x", MUC_USER).with_child(
+            elem("invite", MUC_USER)
+                .with_attr("to", "bob@localhost")
+                .with_child(elem("reason", MUC_USER).with_text("ayo")),
+        ),
+    );
+    alice.send(&server, invite).await;
+    let got = bob.stanzas();
+    let m = got.iter().find(|s| s.name() == "message").expect("invitation");
+    assert_eq!(m.attr("from"), Some("inv@conference.localhost"));
+    let inv = m.get_child("x", MUC_USER).and_then(|x| x.get_child("invite", MUC_USER)).expect("invite");
+    assert_eq!(inv.attr("from"), Some("alice@localhost/a"));
+    bob.send(&server, join_presence("inv@conference.localhost/bob", None)).await;
+    assert!(errors_in(&bob.stanzas()).is_empty(), "the invitee became a member");
+    let decline = elem("message", CLIENT)
+        .with_attr("to", "inv@conference.localhost")
+        .with_child(elem("x", MUC_USER).with_child(elem("decline", MUC_USER).with_attr("to", "alice@localhost/a")));
+    bob.send(&server, decline).await;
+    let got = alice.stanzas();
+    let d =
+        got.iter().find_map(|s| s.get_child("x", MUC_USER)?.get_child("decline", MUC_USER).cloned()).expect("decline");
+    assert_eq!(d.attr("from"), Some("bob@localhost"));
+    // A plain member may not invite when allowinvites is off.
+    create_account(&server, "carol").await;
+    let invite2 = elem("message", CLIENT)
+        .with_attr("to", "inv@conference.localhost")
+        .with_child(elem("x", MUC_USER).with_child(elem("invite", MUC_USER).with_attr("to", "carol@localhost")));
+    bob.send(&server, invite2).await;
+    assert_eq!(errors_in(&bob.stanzas()), vec!["forbidden"]);
+}
+
+#[tokio::test]
+async fn xep0045_10_9_destroy_tells_occupants_and_room_is_gone() {
+    let server = server();
+    let mut alice = create_room(&server, "bye", &[("muc#roomconfig_persistentroom", "1")]).await;
+    let (mut bob, _) = join(&server, "bob", "bye", "bob").await;
+    let destroy = elem("query", MUC_OWNER).with_child(
+        elem("destroy", MUC_OWNER)
+            .with_attr("jid", "next@conference.localhost")
+            .with_child(elem("reason", MUC_OWNER).with_text("moved")),
+    );
+    let r = bob.iq(&server, iq("set", "d0", Some("bye@conference.localhost"), destroy.clone())).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
+    let r = alice.iq(&server, iq("set", "d1", Some("bye@conference.localhost"), destroy)).await;
+    assert!(is_result(&r), "{r:?}");
+    let got = bob.stanzas();
+    let p = presences(&got)[0];
+    let d = p.get_child("x", MUC_USER).and_then(|x| x.get_child("destroy", MUC_USER)).expect("destroy");
+    assert_eq!(d.attr("jid"), Some("next@conference.localhost"));
+    assert_eq!(d.get_child("reason", MUC_USER).map(|r| r.text()).as_deref(), Some("moved"));
+    let info = bob
+        .iq(
+            &server,
+            iq("get", "i", Some("bye@conference.localhost"), elem("query", "http://jabber.org/protocol/disco#info")),
+        )
+        .await;
+    assert_eq!(error_condition(&info).as_deref(), Some("item-not-found"));
+    assert!(server.store.kv_get(SERVICE, "muc-rooms", "bye").await.unwrap().is_none(), "stored room deleted");
+}
+
+#[tokio::test]
+async fn xep0045_7_4_non_occupant_and_misaddressed_messages_get_errors() {
+    let server = server();
+    let _alice = create_room(&server, "guard", &[]).await;
+    ensure_account(&server, "bob").await;
+    let mut bob = Client::online(&server, "bob@localhost/x");
+    bob.send(&server, groupchat("guard@conference.localhost", "from outside")).await;
+    assert_eq!(errors_in(&bob.stanzas()), vec!["not-acceptable"]);
+    bob.send(&server, groupchat("guard@conference.localhost/alice", "wrong address")).await;
+    assert_eq!(errors_in(&bob.stanzas()), vec!["bad-request"]);
+    bob.send(&server, groupchat("nosuch@conference.localhost", "x")).await;
+    assert_eq!(errors_in(&bob.stanzas()), vec!["item-not-found"]);
+    bob.send(&server, message("conference.localhost", "to the service")).await;
+    assert_eq!(errors_in(&bob.stanzas()), vec!["service-unavailable"]);
+}
+
+#[tokio::test]
+async fn xep0045_10_2_config_change_104_and_members_only_switch_removes_non_members_322() {
+    let server = server();
+    let mut alice = create_room(&server, "switch", &[]).await;
+    let (mut bob, _) = join(&server, "bob", "switch", "bob").await;
+    let r = alice
+        .iq(
+            &server,
+            iq("set", "c", Some("switch@conference.localhost"), submit(&[("muc#roomconfig_membersonly", "1")])),
+        )
+        .await;
+    assert!(is_result(&r), "{r:?}");
+    let got = bob.stanzas();
+    let note = got.iter().find(|s| s.name() == "message").expect("104 notice");
+    assert_eq!(codes(note), vec!["104"]);
+    let p = presences(&got)[0];
+    assert_eq!(p.attr("type"), Some("unavailable"));
+    assert_eq!(codes(p), vec!["110", "322"]);
+    // Bad form values are refused and change nothing.
+    let r = alice
+        .iq(
+            &server,
+            iq("set", "c2", Some("switch@conference.localhost"), submit(&[("muc#roomconfig_whois", "everybody")])),
+        )
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"));
+    let r = alice
+        .iq(
+            &server,
+            iq(
+                "set",
+                "c3",
+                Some("switch@conference.localhost"),
+                submit(&[("muc#roomconfig_passwordprotectedroom", "1")]),
+            ),
+        )
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-acceptable"));
+}
+
+#[tokio::test]
+async fn xep0045_9_admin_may_not_touch_owners() {
+    let server = server();
+    let mut alice = create_room(&server, "ranks", &[]).await;
+    let (mut bob, _) = join(&server, "bob", "ranks", "bob").await;
+    let r = alice
+        .iq(
+            &server,
+            iq(
+                "set",
+                "a",
+                Some("ranks@conference.localhost"),
+                admin_item(&[("jid", "bob@localhost"), ("affiliation", "admin")]),
+            ),
+        )
+        .await;
+    assert!(is_result(&r), "{r:?}");
+    bob.stanzas();
+    let r = bob
+        .iq(
+            &server,
+            iq("set", "k", Some("ranks@conference.localhost"), admin_item(&[("nick", "alice"), ("role", "none")])),
+        )
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-allowed"));
+    let r = bob
+        .iq(
+            &server,
+            iq(
+                "set",
+                "o",
+                Some("ranks@conference.localhost"),
+                admin_item(&[("jid", "bob@localhost"), ("affiliation", "owner")]),
+            ),
+        )
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-allowed"));
+    // An admin may manage members.
+    let r = bob
+        .iq(
+            &server,
+            iq(
+                "set",
+                "m",
+                Some("ranks@conference.localhost"),
+                admin_item(&[("jid", "carol@localhost"), ("affiliation", "member")]),
+            ),
+        )
+        .await;
+    assert!(is_result(&r), "{r:?}");
+    // A participant may not read affiliation lists.
+    let (mut dave, _) = join(&server, "dave", "ranks", "dave").await;
+    let r = dave
+        .iq(&server, iq("get", "l", Some("ranks@conference.localhost"), admin_item(&[("affiliation", "member")])))
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
+}
+
+#[tokio::test]
+async fn xep0045_7_2_15_history_maxchars_and_seconds() {
+    let server = server();
+    let mut alice = create_room(&server, "hist", &[]).await;
+    for body in ["satu", "dua", "tiga"] {
+        alice.send(&server, groupchat("hist@conference.localhost", body)).await;
+    }
+    alice.stanzas();
+    let bodies_for = |got: &[Element]| -> Vec<String> {
+        got.iter().filter_map(|s| s.get_child("body", CLIENT)).map(|b| b.text()).collect()
+    };
+    for (user, attr, value, want) in [
+        ("bob", "maxchars", "9", vec!["dua", "tiga"]),
+        ("carol", "maxstanzas", "1", vec!["tiga"]),
+        ("dave", "seconds", "3600", vec!["satu", "dua", "tiga"]),
+        ("erin", "since", "2999-01-01T00:00:00Z", vec![]),
+    ] {
+        ensure_account(&server, user).await;
+        let mut c = Client::online(&server, &format!("{user}@localhost/h"));
+        let mut p = join_presence(&format!("hist@conference.localhost/{user}"), None);
+        if let Some(x) = p.get_child_mut("x", MUC) {
+            x.append_child(elem("history", MUC).with_attr(attr, value));
+        }
+        c.send(&server, p).await;
+        assert_eq!(bodies_for(&c.stanzas()), want, "{attr}={value}");
+    }
+}
+
+#[tokio::test]
+async fn xep0425_v0_moderation_uses_fasten_and_non_moderator_is_refused() {
+    let server = server();
+    let mut alice = create_room(&server, "mod0", &[]).await;
+    let (mut bob, _) = join(&server, "bob", "mod0", "bob").await;
+    bob.send(&server, groupchat("mod0@conference.localhost", "oops")).await;
+    let got = alice.stanzas();
+    let m = got.iter().find(|s| s.name() == "message").expect("reflected");
+    let id = m.get_child("stanza-id", "urn:xmpp:sid:0").unwrap().attr("id").unwrap().to_string();
+    bob.stanzas();
+    let req = elem("apply-to", "urn:xmpp:fasten:0").with_attr("id", id.as_str()).with_child(
+        elem("moderate", "urn:xmpp:message-moderate:0").with_child(elem("retract", "urn:xmpp:message-retract:0")),
+    );
+    let r = bob.iq(&server, iq("set", "m0", Some("mod0@conference.localhost"), req.clone())).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
+    let r = alice.iq(&server, iq("set", "m1", Some("mod0@conference.localhost"), req)).await;
+    assert!(is_result(&r), "{r:?}");
+    let got = bob.stanzas();
+    let apply = got.iter().find_map(|s| s.get_child("apply-to", "urn:xmpp:fasten:0")).expect("v0 retraction");
+    assert_eq!(apply.attr("id"), Some(id.as_str()));
+    assert!(apply.get_child("moderated", "urn:xmpp:message-moderate:0").is_some());
+    // The retracted message is out of the history.
+    let (_carol, got) = join(&server, "carol", "mod0", "carol").await;
+    assert!(!got.iter().any(|s| s.get_child("body", CLIENT).is_some()));
+    let r = alice
+        .iq(
+            &server,
+            iq(
+                "set",
+                "m2",
+                Some("mod0@conference.localhost"),
+                elem("moderate", "urn:xmpp:message-moderate:1")
+                    .with_attr("id", "no-such-id")
+                    .with_child(elem("retract", "urn:xmpp:message-retract:1")),
+            ),
+        )
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("item-not-found"));
+}
+
+#[tokio::test]
+async fn xep0045_10_1_room_creation_limited_per_user_and_by_creators_list() {
+    let mut cfg = config();
+    cfg.muc.max_rooms_per_user = 1;
+    cfg.muc.creators = vec!["alice@localhost".into()];
+    let (server, _) = server_with(cfg);
+    let _alice = create_room(&server, "first", &[]).await;
+    let mut alice2 = Client::online(&server, "alice@localhost/b");
+    alice2.send(&server, join_presence("second@conference.localhost/alice", None)).await;
+    assert_eq!(errors_in(&alice2.stanzas()), vec!["not-allowed"]);
+    let (_bob, got) = join(&server, "bob", "bobs", "bob").await;
+    assert_eq!(errors_in(&got), vec!["not-allowed"]);
+}
+
+#[tokio::test]
+async fn xep0045_7_2_4_non_anonymous_room_shows_jids_to_all_with_status_100() {
+    let server = server();
+    let _alice = create_room(&server, "open", &[("muc#roomconfig_whois", "anyone")]).await;
+    let (_bob, got) = join(&server, "bob", "open", "bob").await;
+    let ps = presences(&got);
+    assert_eq!(item_attr(ps[0], "jid").as_deref(), Some("alice@localhost/a"));
+    assert!(codes(ps[1]).contains(&"100".to_string()));
+}
+
+#[tokio::test]
+async fn xep0045_7_5_iq_between_occupants_is_passed_through_occupant_jids() {
+    let server = server();
+    let mut alice = create_room(&server, "iqs", &[]).await;
+    let (mut bob, _) = join(&server, "bob", "iqs", "bob").await;
+    alice.stanzas();
+    bob.send(&server, iq("get", "v1", Some("iqs@conference.localhost/alice"), elem("query", "jabber:iq:version")))
+        .await;
+    let got = alice.stanzas();
+    let req = got.iter().find(|s| s.name() == "iq").expect("forwarded");
+    assert_eq!(req.attr("from"), Some("iqs@conference.localhost/bob"));
+    assert_eq!(req.attr("to"), Some("alice@localhost/a"));
+    let answer = elem("iq", CLIENT)
+        .with_attr("type", "result")
+        .with_attr("id", "v1")
+        .with_attr("to", "iqs@conference.localhost/bob")
+        .with_child(elem("query", "jabber:iq:version").with_child(elem("name", "jabber:iq:version").with_text("t")));
+    alice.send(&server, answer).await;
+    let got = bob.stanzas();
+    let res = got.iter().find(|s| s.name() == "iq").expect("answer passed back");
+    assert_eq!((res.attr("from"), res.attr("type")), (Some("iqs@conference.localhost/alice"), Some("result")));
+}

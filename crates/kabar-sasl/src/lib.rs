@@ -21,6 +21,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+mod derive;
 mod plain;
 mod scram;
 
@@ -32,6 +33,7 @@ mod tests;
 
 mod ht;
 
+pub use derive::{new_derivation, Derivation};
 pub use ht::{ht_server_final, new_token, parse_ht, verify_ht, HtMechanism};
 pub use plain::{parse_plain, verify_plain, PlainMessage};
 pub use scram::{ClientFirst, ScramServer};

@@ -726,3 +726,22 @@ fn garbage_and_mutated_messages_never_panic() {
         crate::fuzz::exercise(&data);
     }
 }
+
+/// The resumable derivation gives exactly the one-shot result, whatever the slice size: RFC 5802 §5
+/// (SCRAM-SHA-1) and RFC 7677 §3 (SCRAM-SHA-256) vectors.
+#[test]
+fn rfc5802_rfc7677_resumable_derivation_matches_one_shot_in_any_slices() {
+    for (hash, salt) in [(ScramHash::Sha1, b64d(RFC5802_SALT)), (ScramHash::Sha256, b64d(RFC7677_SALT))] {
+        let want = derive_credentials(hash, "pencil", &salt, 4096).unwrap();
+        for slice in [1, 7, 256, 4095, 4096, u32::MAX] {
+            let mut d = crate::Derivation::new(hash, "pencil", &salt, 4096).unwrap();
+            let mut steps = 0;
+            while !d.step(slice) {
+                steps += 1;
+                assert!(steps <= 4096, "the derivation ends");
+            }
+            assert_eq!(d.finish(), want, "{hash:?} in slices of {slice}");
+        }
+    }
+    assert!(crate::Derivation::new(ScramHash::Sha256, "pencil", b"salt", 0).is_err());
+}

@@ -243,13 +243,15 @@ impl PgStore {
                     "postgres: schema name {schema:?} must be 1-63 lower-case letters, digits or '_', not starting with a digit or pg_"
                 )));
             }
-            // Appended to whatever options the URL carries; every pooled connection gets it.
-            let options = match cfg.get_options() {
-                Some(o) if !o.trim().is_empty() => format!("{o} -c search_path={schema}"),
-                _ => format!("-c search_path={schema}"),
-            };
-            cfg.options(&options);
         }
+        // Appended to whatever options the URL carries; every pooled connection gets them. NOTICEs
+        // ("already exists, skipping" at every start) would only be log noise.
+        let mut options = cfg.get_options().map(str::trim).unwrap_or_default().to_owned();
+        options.push_str(" -c client_min_messages=warning");
+        if let Some(schema) = &opts.schema {
+            options.push_str(&format!(" -c search_path={schema}"));
+        }
+        cfg.options(options.trim());
         if cfg.get_application_name().is_none() {
             cfg.application_name("kabar");
         }

@@ -23,7 +23,8 @@ use tracing::warn;
 
 use super::{ConnInfo, HttpState};
 
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 /// Largest form body accepted.
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
@@ -73,7 +74,10 @@ fn gone_page(status: Status) -> Response {
     page(
         StatusCode::GONE,
         "Invitation no longer valid",
-        &format!("<h1>Invitation no longer valid</h1><p>{}</p><p>Ask the person who invited you for a new link.</p>", escape(why)),
+        &format!(
+            "<h1>Invitation no longer valid</h1><p>{}</p><p>Ask the person who invited you for a new link.</p>",
+            escape(why)
+        ),
     )
 }
 
@@ -86,7 +90,11 @@ fn not_found_page() -> Response {
 }
 
 fn disabled_page() -> Response {
-    page(StatusCode::NOT_FOUND, "Invitations are off", "<h1>Invitations are off</h1><p>This server does not accept invitations.</p>")
+    page(
+        StatusCode::NOT_FOUND,
+        "Invitations are off",
+        "<h1>Invitations are off</h1><p>This server does not accept invitations.</p>",
+    )
 }
 
 /// The invite behind a token, or the page saying why there is none usable.
@@ -103,12 +111,23 @@ async fn lookup(state: &HttpState, token: &str) -> Result<Invite, Response> {
         Ok(None) => Err(not_found_page()),
         Err(e) => {
             warn!(error = %e, "invite lookup failed");
-            Err(page(StatusCode::SERVICE_UNAVAILABLE, "Try again later", "<h1>Try again later</h1><p>The server could not look up this invitation.</p>"))
+            Err(page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "<h1>Try again later</h1><p>The server could not look up this invitation.</p>",
+            ))
         }
     }
 }
 
-fn form_page(state: &HttpState, status: StatusCode, inv: &Invite, token: &str, username: &str, error: Option<&str>) -> Response {
+fn form_page(
+    state: &HttpState,
+    status: StatusCode,
+    inv: &Invite,
+    token: &str,
+    username: &str,
+    error: Option<&str>,
+) -> Response {
     let config = &state.c2s.server.config;
     let domain = escape(&config.domain);
     let heading = match &inv.inviter {
@@ -178,19 +197,30 @@ pub async fn submit(
     body: Bytes,
 ) -> Response {
     if !same_origin(&state, &headers) {
-        return page(StatusCode::FORBIDDEN, "Forbidden", "<h1>Forbidden</h1><p>This form can only be sent from its own page.</p>");
+        return page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "<h1>Forbidden</h1><p>This form can only be sent from its own page.</p>",
+        );
     }
     let inv = match lookup(&state, &token).await {
         Ok(inv) => inv,
         Err(r) => return r,
     };
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|c| c.to_str().ok())
-        .is_some_and(|c| c.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")));
-    let form: Option<Submission> = (is_form && body.len() <= MAX_FORM_BYTES).then(|| serde_urlencoded::from_bytes(&body).ok()).flatten();
+    let is_form = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).is_some_and(|c| {
+        c.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
+    let form: Option<Submission> =
+        (is_form && body.len() <= MAX_FORM_BYTES).then(|| serde_urlencoded::from_bytes(&body).ok()).flatten();
     let Some(form) = form.filter(|f| f.token == token) else {
-        return form_page(&state, StatusCode::BAD_REQUEST, &inv, &token, "", Some("The form was incomplete; please fill it in again."));
+        return form_page(
+            &state,
+            StatusCode::BAD_REQUEST,
+            &inv,
+            &token,
+            "",
+            Some("The form was incomplete; please fill it in again."),
+        );
     };
     let username = inv.username.clone().or(form.username.clone()).unwrap_or_default();
     let again = |status: StatusCode, msg: &str| form_page(&state, status, &inv, &token, &username, Some(msg));
@@ -230,7 +260,10 @@ then <a href=\"xmpp:{app}\">open this link in the app</a>.</p>",
         Err(InviteError::Disabled) => disabled_page(),
         Err(InviteError::UsernameTaken) => again(StatusCode::CONFLICT, "That username is taken; choose another one."),
         Err(InviteError::RateLimited) => {
-            let mut r = again(StatusCode::TOO_MANY_REQUESTS, "Too many accounts were created from your address recently; try again later.");
+            let mut r = again(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many accounts were created from your address recently; try again later.",
+            );
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
             r
         }
@@ -244,9 +277,9 @@ then <a href=\"xmpp:{app}\">open this link in the app</a>.</p>",
         Err(e @ (InviteError::InvalidUsername(_) | InviteError::WrongUsername(_) | InviteError::BadRequest(_))) => {
             again(StatusCode::BAD_REQUEST, &capitalise(&e.to_string()))
         }
-        Err(InviteError::Account(kabar_core::accounts::AccountError::InvalidJid(_) | kabar_core::accounts::AccountError::WrongDomain(..))) => {
-            again(StatusCode::BAD_REQUEST, "That username is not valid.")
-        }
+        Err(InviteError::Account(
+            kabar_core::accounts::AccountError::InvalidJid(_) | kabar_core::accounts::AccountError::WrongDomain(..),
+        )) => again(StatusCode::BAD_REQUEST, "That username is not valid."),
         Err(e) => {
             warn!(error = %e, "web registration with an invite failed");
             again(StatusCode::SERVICE_UNAVAILABLE, "The server could not create the account; try again later.")
