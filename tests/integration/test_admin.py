@@ -306,12 +306,29 @@ def test_deleting_an_account_closes_its_sessions(server):
 
 
 def test_cli_works_while_the_server_runs(server):
-    """`kabar user add` works on the store directly, also while the server runs; the API sees it."""
+    """`kabar user add` while the server for the same config runs goes through its admin API; the new
+    account logs in at once."""
     srv = admin_server(server)
-    srv.kabar("user", "add", "frank@localhost", "--password", "frank-password-1", "--data", str(srv.data_dir))
+    res = srv.kabar("user", "add", "frank@localhost", "--password", "frank-password-1",
+                    "--config", str(srv.config_path), "--data", str(srv.data_dir))
+    assert "using its admin API" in res.stderr, res.stderr
     users = [u["jid"] for u in api(srv).api("GET", "/users").json["users"]]
     assert "frank@localhost" in users
     srv.client("frank", password="frank-password-1").assert_works()
+    listed = srv.kabar("user", "list", "--config", str(srv.config_path), "--data", str(srv.data_dir)).stdout.split()
+    assert "frank@localhost" in listed and "alice@localhost" in listed, listed
+
+
+def test_cli_user_remove_while_running_closes_the_accounts_sessions(server):
+    """`kabar user remove` through the running server ends the account's live sessions (XEP-0077 §3.2
+    semantics), which writing the store directly could not do."""
+    srv = admin_server(server)
+    bob = srv.client("bob")
+    srv.kabar("user", "remove", "bob@localhost", "--config", str(srv.config_path), "--data", str(srv.data_dir))
+    assert bob.expect_stream_error() == "not-authorized"
+    res = srv.kabar("user", "remove", "bob@localhost", "--config", str(srv.config_path),
+                    "--data", str(srv.data_dir), check=False)
+    assert res.returncode != 0 and "404" in res.stderr, res.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -176,6 +176,12 @@ def test_xep0425_moderator_retracts_and_xep0313_room_archive_pages(kabar):
         after = fin["last"]
     assert seen == [f"pesan {i:02d}" for i in range(12)]
 
+    async def slixmpp_pages():
+        # slixmpp's own XEP-0313 client pages through the room archive with RSM (max 5 per page).
+        return [str(m["mam_result"]["forwarded"]["stanza"]["body"])
+                async for m in muc(alice).xmpp.plugin["xep_0313"].iterate(jid=room, rsm={"max": 5})]
+    assert run(slixmpp_pages(), timeout=20) == [f"pesan {i:02d}" for i in range(12)]
+
     target = ids[3]
     alice.iq_ok("set", f"<moderate xmlns='urn:xmpp:message-moderate:1' id='{target}'>"
                        "<retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate>", to=room)

@@ -143,8 +143,17 @@ impl Module for AdhocModule {
             return Err(StanzaError::forbidden());
         }
         let action = cmd.attr("action").unwrap_or("execute");
-        let session = cmd.attr("sessionid").filter(|s| !s.is_empty() && s.len() <= 64).map(str::to_owned).unwrap_or_else(new_session_id);
-        let reply = |status: &str| elem("command", NS_COMMANDS).with_attr("node", node).with_attr("sessionid", session.clone()).with_attr("status", status);
+        let session = cmd
+            .attr("sessionid")
+            .filter(|s| !s.is_empty() && s.len() <= 64)
+            .map(str::to_owned)
+            .unwrap_or_else(new_session_id);
+        let reply = |status: &str| {
+            elem("command", NS_COMMANDS)
+                .with_attr("node", node)
+                .with_attr("sessionid", session.clone())
+                .with_attr("status", status)
+        };
         match action {
             "cancel" => return Ok(Some(reply("canceled"))),
             "execute" | "next" | "complete" | "prev" => {}
@@ -155,7 +164,11 @@ impl Module for AdhocModule {
         let request = CommandRequest { from: &iq.from, node, action, form };
         Ok(Some(match command.execute(server, &request).await? {
             CommandReply::Form(form) => reply("executing")
-                .with_child(elem("actions", NS_COMMANDS).with_attr("execute", "complete").with_child(elem("complete", NS_COMMANDS)))
+                .with_child(
+                    elem("actions", NS_COMMANDS)
+                        .with_attr("execute", "complete")
+                        .with_child(elem("complete", NS_COMMANDS)),
+                )
                 .with_child(form),
             CommandReply::Completed { note, result } => {
                 let mut el = reply("completed");
@@ -188,7 +201,11 @@ pub fn list_single(var: &str, label: &str, required: bool, options: &[(String, S
         f.append_child(elem("value", NS_DATA).with_text(first.clone()));
     }
     for (label, value) in options {
-        f.append_child(elem("option", NS_DATA).with_attr("label", label.clone()).with_child(elem("value", NS_DATA).with_text(value.clone())));
+        f.append_child(
+            elem("option", NS_DATA)
+                .with_attr("label", label.clone())
+                .with_child(elem("value", NS_DATA).with_text(value.clone())),
+        );
     }
     f
 }

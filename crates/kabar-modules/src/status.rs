@@ -207,7 +207,12 @@ fn now_secs() -> u64 {
 fn services_of(config: &Config) -> Vec<ServiceInfo> {
     let m = &config.monitor;
     if m.service.is_empty() {
-        return vec![ServiceInfo { name: config.domain.clone(), title: config.domain.clone(), regions: Vec::new(), probes: Vec::new() }];
+        return vec![ServiceInfo {
+            name: config.domain.clone(),
+            title: config.domain.clone(),
+            regions: Vec::new(),
+            probes: Vec::new(),
+        }];
     }
     m.service
         .iter()
@@ -262,7 +267,13 @@ impl StatusHub {
             domain: config.domain.clone(),
             public_url: public_url.trim_end_matches('/').to_owned(),
             services,
-            inner: Mutex::new(Inner { monitor, data, incidents: BTreeMap::new(), subscribers: BTreeSet::new(), swept_hour: None }),
+            inner: Mutex::new(Inner {
+                monitor,
+                data,
+                incidents: BTreeMap::new(),
+                subscribers: BTreeSet::new(),
+                swept_hour: None,
+            }),
             cfg,
         }
     }
@@ -365,7 +376,16 @@ impl StatusHub {
     }
 
     /// Records one probe run.
-    pub fn record_probe(&self, service: &str, probe: &str, ok: bool, latency_ms: u64, detail: &str, cert_days: Option<i64>, now: u64) {
+    pub fn record_probe(
+        &self,
+        service: &str,
+        probe: &str,
+        ok: bool,
+        latency_ms: u64,
+        detail: &str,
+        cert_days: Option<i64>,
+        now: u64,
+    ) {
         let minute = now / self.minute_secs();
         let at = self.detector_secs(now);
         let mut inner = self.lock();
@@ -382,7 +402,10 @@ impl StatusHub {
         }
         p.latency_ms_sum += latency_ms;
         p.latency_ms_max = p.latency_ms_max.max(latency_ms);
-        data.probes.insert(probe.to_owned(), ProbeLast { ok, at_secs: now, latency_ms, detail: detail.chars().take(300).collect(), cert_days });
+        data.probes.insert(
+            probe.to_owned(),
+            ProbeLast { ok, at_secs: now, latency_ms, detail: detail.chars().take(300).collect(), cert_days },
+        );
     }
 
     /// Loads saved state; call once before the first tick. Store failures are logged and the
@@ -396,8 +419,12 @@ impl StatusHub {
         for s in &self.services {
             match server.store.kv_get("", STORE_STATE, &s.name).await {
                 Ok(Some(bytes)) => match serde_json::from_slice::<SavedState>(&bytes) {
-                    Ok(saved) if saved.minute_secs == ms && saved.monitor.name() == s.name => restored.push(saved.monitor),
-                    Ok(_) => info!(service = %s.name, "monitor: saved state is for another minute length; starting fresh"),
+                    Ok(saved) if saved.minute_secs == ms && saved.monitor.name() == s.name => {
+                        restored.push(saved.monitor)
+                    }
+                    Ok(_) => {
+                        info!(service = %s.name, "monitor: saved state is for another minute length; starting fresh")
+                    }
                     Err(e) => warn!(service = %s.name, error = %e, "monitor: saved state unreadable; starting fresh"),
                 },
                 Ok(None) => {}
@@ -461,7 +488,8 @@ impl StatusHub {
             let events = inner.monitor.advance(self.detector_secs(now));
             let mut changed_incidents = BTreeSet::new();
             for (service, ev) in &events {
-                let title = self.services.iter().find(|s| &s.name == service).map(|s| s.title.clone()).unwrap_or_default();
+                let title =
+                    self.services.iter().find(|s| &s.name == service).map(|s| s.title.clone()).unwrap_or_default();
                 match ev {
                     MonEvent::StateChanged(entry) => {
                         let sm = inner.monitor.service(service);
@@ -469,7 +497,15 @@ impl StatusHub {
                         let at_secs = self.minute_to_unix(entry.minute);
                         alerts.push(Alert {
                             service: service.clone(),
-                            text: alert_text(&title, entry.from, entry.to, entry.cause, entry.ratio, at_secs, &self.public_url),
+                            text: alert_text(
+                                &title,
+                                entry.from,
+                                entry.to,
+                                entry.cause,
+                                entry.ratio,
+                                at_secs,
+                                &self.public_url,
+                            ),
                             title,
                             from: entry.from,
                             to: entry.to,
@@ -494,7 +530,11 @@ impl StatusHub {
             }
             for (service, id) in changed_incidents {
                 let Some(sm) = inner.monitor.service(&service) else { continue };
-                let inc = sm.open_incident().filter(|i| i.id == id).or_else(|| sm.resolved_incidents().find(|i| i.id == id)).cloned();
+                let inc = sm
+                    .open_incident()
+                    .filter(|i| i.id == id)
+                    .or_else(|| sm.resolved_incidents().find(|i| i.id == id))
+                    .cloned();
                 if let Some(inc) = inc {
                     if let Ok(bytes) = serde_json::to_vec(&inc) {
                         writes.push((STORE_INCIDENTS, inc.id.clone(), bytes));
@@ -519,14 +559,16 @@ impl StatusHub {
             for s in &self.services {
                 let Some(sm) = inner.monitor.service(&s.name) else { continue };
                 let status = sm.status();
-                let judged = events.iter().any(|(n, _)| n == &s.name) || status.minute.is_some_and(|m| m + 1 >= now_minute);
+                let judged =
+                    events.iter().any(|(n, _)| n == &s.name) || status.minute.is_some_and(|m| m + 1 >= now_minute);
                 let saved = SavedState { minute_secs: ms, monitor: sm.clone() };
                 let Some(data) = inner.data.get_mut(&s.name) else { continue };
                 let mut touched_hours = BTreeSet::new();
                 let first_missing = data.history.back().map(|r| r.minute + 1).unwrap_or(now_minute.saturating_sub(1));
                 let from = first_missing.max(now_minute.saturating_sub(HISTORY_MINUTES as u64));
                 for minute in from..now_minute {
-                    let mut rec = data.current.remove(&minute).unwrap_or_else(|| MinuteRecord { minute, ..Default::default() });
+                    let mut rec =
+                        data.current.remove(&minute).unwrap_or_else(|| MinuteRecord { minute, ..Default::default() });
                     if let Some(exp) = status.expectation {
                         rec.expected = exp.per_minute;
                         rec.spread = exp.spread;
@@ -590,7 +632,8 @@ impl StatusHub {
         for (store, keep) in [(STORE_MINUTES, minute_keep), (STORE_HOURS, hour_keep)] {
             let Ok(list) = server.store.kv_list("", store).await else { continue };
             for (key, _) in list {
-                let expired = key.rsplit_once('/').and_then(|(_, h)| h.parse::<u64>().ok()).is_none_or(|h| h + keep < hour);
+                let expired =
+                    key.rsplit_once('/').and_then(|(_, h)| h.parse::<u64>().ok()).is_none_or(|h| h + keep < hour);
                 if expired {
                     let _ = server.store.kv_delete("", store, &key).await;
                 }
@@ -649,13 +692,23 @@ impl StatusHub {
     }
 
     /// Adds an admin note to an incident (open or kept); `resolve` also closes an open one.
-    pub async fn annotate(&self, server: &Server, id: &str, text: &str, resolve: bool) -> Result<Incident, AnnotateFailure> {
+    pub async fn annotate(
+        &self,
+        server: &Server,
+        id: &str,
+        text: &str,
+        resolve: bool,
+    ) -> Result<Incident, AnnotateFailure> {
         let now = now_secs();
         let at = self.detector_secs(now);
         let inc = {
             let mut inner = self.lock();
             let service = inner.incidents.get(id).map(|i| i.service.clone()).or_else(|| {
-                inner.monitor.services().find(|s| s.open_incident().is_some_and(|i| i.id == id)).map(|s| s.name().to_owned())
+                inner
+                    .monitor
+                    .services()
+                    .find(|s| s.open_incident().is_some_and(|i| i.id == id))
+                    .map(|s| s.name().to_owned())
             });
             let Some(service) = service else { return Err(AnnotateFailure::NotFound) };
             let Some(sm) = inner.monitor.service_mut(&service) else { return Err(AnnotateFailure::NotFound) };
@@ -665,11 +718,16 @@ impl StatusHub {
                 if !is_open {
                     return Err(AnnotateFailure::NotOpen);
                 }
-                sm.admin_resolve(at, (!text.is_empty()).then_some(text)).map_err(|e| AnnotateFailure::Invalid(e.to_string()))?;
+                sm.admin_resolve(at, (!text.is_empty()).then_some(text))
+                    .map_err(|e| AnnotateFailure::Invalid(e.to_string()))?;
             } else if in_monitor {
                 sm.annotate(id, text, at).map_err(|e| AnnotateFailure::Invalid(e.to_string()))?;
             }
-            let updated = sm.open_incident().filter(|i| i.id == id).or_else(|| sm.resolved_incidents().find(|i| i.id == id)).cloned();
+            let updated = sm
+                .open_incident()
+                .filter(|i| i.id == id)
+                .or_else(|| sm.resolved_incidents().find(|i| i.id == id))
+                .cloned();
             let inc = match updated {
                 Some(inc) => inc,
                 None => {
@@ -718,8 +776,24 @@ impl StatusHub {
     }
 
     /// A report from a logged-in account (chat or ad-hoc command).
-    pub fn report_from_account(&self, account: &BareJid, service: &str, problem: &str, region: Option<&str>, comment: Option<&str>) -> Result<Verdict, SubmitError> {
-        self.submit_report(service, account.as_str(), account_address(account.as_str()), Some(account.as_str()), problem, region, comment, now_secs())
+    pub fn report_from_account(
+        &self,
+        account: &BareJid,
+        service: &str,
+        problem: &str,
+        region: Option<&str>,
+        comment: Option<&str>,
+    ) -> Result<Verdict, SubmitError> {
+        self.submit_report(
+            service,
+            account.as_str(),
+            account_address(account.as_str()),
+            Some(account.as_str()),
+            problem,
+            region,
+            comment,
+            now_secs(),
+        )
     }
 
     /// One-line status of every service.
@@ -791,8 +865,12 @@ fn problem_from_word(word: &str) -> Option<&'static str> {
 pub fn verdict_text(v: Verdict) -> &'static str {
     match v {
         Verdict::Counted => "Thanks, your report was counted.",
-        Verdict::Acknowledged(NotCounted::Duplicate) => "Thanks — you already reported this service in the last 30 minutes, so it was counted once.",
-        Verdict::Acknowledged(_) => "Thanks, your report was received (many reports right now: it was not counted again).",
+        Verdict::Acknowledged(NotCounted::Duplicate) => {
+            "Thanks — you already reported this service in the last 30 minutes, so it was counted once."
+        }
+        Verdict::Acknowledged(_) => {
+            "Thanks, your report was received (many reports right now: it was not counted again)."
+        }
     }
 }
 
@@ -866,7 +944,7 @@ impl StatusModule {
                 // "report <service> <problem> [region…]"; the service may be left out when there is one.
                 let (service, problem_word) = match first {
                     Some(w) if services.contains(&w) => (Some(w), words.next()),
-                    Some(w) if services.len() == 1 => (services.first().copied(), Some(w)),
+                    Some(w) if services.len() == 1 && problem_from_word(w).is_some() => (services.first().copied(), Some(w)),
                     Some(w) => (Some(w), words.next()),
                     None => (services.first().copied().filter(|_| services.len() == 1), None),
                 };
@@ -942,19 +1020,35 @@ impl AdhocCommand for ReportCommand {
     }
     async fn execute(&self, _server: &Server, req: &CommandRequest<'_>) -> Result<CommandReply, StanzaError> {
         if req.form.is_none() {
-            let services: Vec<(String, String)> = self.hub.services.iter().map(|s| (s.title.clone(), s.name.clone())).collect();
+            let services: Vec<(String, String)> =
+                self.hub.services.iter().map(|s| (s.title.clone(), s.name.clone())).collect();
             let mut region = adhoc::text_field("region", "Where are you? (city or region, optional)", "text-single");
-            let regions: Vec<String> = self.hub.services.iter().flat_map(|s| s.regions.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+            let regions: Vec<String> = self
+                .hub
+                .services
+                .iter()
+                .flat_map(|s| s.regions.iter().cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             if !regions.is_empty() {
-                region = adhoc::list_single("region", "Where are you?", false, &regions.iter().map(|r| (r.clone(), r.clone())).collect::<Vec<_>>());
+                region = adhoc::list_single(
+                    "region",
+                    "Where are you?",
+                    false,
+                    &regions.iter().map(|r| (r.clone(), r.clone())).collect::<Vec<_>>(),
+                );
                 region.set_attr_str("type", "list-single");
             }
             return Ok(CommandReply::Form(
-                adhoc::form("Report a problem", "Tell us what is not working. One report per service counts every 30 minutes.")
-                    .with_child(adhoc::list_single("service", "Service", true, &services))
-                    .with_child(adhoc::list_single("problem", "Problem", true, &problem_options()))
-                    .with_child(region)
-                    .with_child(adhoc::text_field("comment", "Comment (optional)", "text-multi")),
+                adhoc::form(
+                    "Report a problem",
+                    "Tell us what is not working. One report per service counts every 30 minutes.",
+                )
+                .with_child(adhoc::list_single("service", "Service", true, &services))
+                .with_child(adhoc::list_single("problem", "Problem", true, &problem_options()))
+                .with_child(region)
+                .with_child(adhoc::text_field("comment", "Comment (optional)", "text-multi")),
             ));
         }
         let account = req.from.to_bare();
@@ -962,7 +1056,13 @@ impl AdhocCommand for ReportCommand {
         let problem = req.field("problem").ok_or_else(|| adhoc::bad_payload("the problem field is required"))?;
         let region = req.field("region");
         let comment = req.field("comment");
-        match self.hub.report_from_account(&account, service.trim(), problem.trim(), region.as_deref(), comment.as_deref()) {
+        match self.hub.report_from_account(
+            &account,
+            service.trim(),
+            problem.trim(),
+            region.as_deref(),
+            comment.as_deref(),
+        ) {
             Ok(v) => Ok(CommandReply::Completed { note: verdict_text(v).to_owned(), result: None }),
             Err(SubmitError::Invalid(e)) => Err(adhoc::bad_payload(e.to_string())),
             Err(SubmitError::Disabled) => Err(StanzaError::service_unavailable()),

@@ -38,8 +38,12 @@ fn probe(name: &str) -> ProbeEntry {
 fn config() -> Config {
     let mut c = Config::default();
     c.monitor.minute_secs = 1;
-    c.monitor.service =
-        vec![ServiceEntry { name: "chat".into(), title: Some("Chat".into()), regions: vec![], probe: vec![probe("a"), probe("b")] }];
+    c.monitor.service = vec![ServiceEntry {
+        name: "chat".into(),
+        title: Some("Chat".into()),
+        regions: vec![],
+        probe: vec![probe("a"), probe("b")],
+    }];
     c
 }
 
@@ -61,7 +65,9 @@ fn command(node: &str, action: &str, form: Option<Element>) -> Element {
 fn submit(fields: &[(&str, &str)]) -> Element {
     let mut x = elem("x", NS_DATA).with_attr("type", "submit");
     for (var, value) in fields {
-        x.append_child(elem("field", NS_DATA).with_attr("var", *var).with_child(elem("value", NS_DATA).with_text(*value)));
+        x.append_child(
+            elem("field", NS_DATA).with_attr("var", *var).with_child(elem("value", NS_DATA).with_text(*value)),
+        );
     }
     x
 }
@@ -79,6 +85,8 @@ fn condition(iq: &Element) -> Option<String> {
 async fn probes_failing_open_an_incident_alert_subscribers_and_survive_a_new_hub() {
     let (h, hub) = harness().await;
     let mut alice = h.login("alice@localhost/phone").await;
+    h.send("alice@localhost/phone", presence(None, None)).await;
+    recv_all(&mut alice);
     assert!(hub.subscribe(&h.server, &bare("alice@localhost")).await.expect("subscribed"));
     let t0 = unix_now();
     let mut alerts = Vec::new();
@@ -99,7 +107,10 @@ async fn probes_failing_open_an_incident_alert_subscribers_and_survive_a_new_hub
 
     let snap = hub.snapshot();
     let incident = snap.incidents.first().expect("an incident").id.clone();
-    assert!(snap.services[0].history.iter().any(|r| r.probes.get("a").is_some_and(|p| p.fail == 1 && p.latency_ms_sum == 5)));
+    assert!(snap.services[0]
+        .history
+        .iter()
+        .any(|r| r.probes.get("a").is_some_and(|p| p.fail == 1 && p.latency_ms_sum == 5)));
 
     // A new hub over the same store (a restarted server) picks up state, incident, subscribers and
     // the chart's minute records.
@@ -121,7 +132,10 @@ async fn xep0050_3_report_command_is_a_form_then_a_counted_report_and_duplicates
     let cmd = r.get_child("command", NS_COMMANDS).expect("command");
     assert_eq!(cmd.attr("status"), Some("executing"));
     let form = cmd.get_child("x", NS_DATA).expect("a form");
-    assert!(form.children().any(|f| f.attr("var") == Some("service")) && form.children().any(|f| f.attr("var") == Some("problem")));
+    assert!(
+        form.children().any(|f| f.attr("var") == Some("service"))
+            && form.children().any(|f| f.attr("var") == Some("problem"))
+    );
     assert!(cmd.get_child("actions", NS_COMMANDS).is_some_and(|a| a.has_child("complete", NS_COMMANDS)));
 
     for expected in ["Thanks, your report was counted.", "already reported"] {
@@ -139,7 +153,7 @@ async fn xep0050_3_report_command_is_a_form_then_a_counted_report_and_duplicates
 }
 
 #[tokio::test]
-async fn xep0050_4_unknown_node_cancel_and_foreign_requesters() {
+async fn xep0050_4_unknown_node_cancel_bad_action_and_bad_payload() {
     let (h, _hub) = harness().await;
     let mut bob = h.login("bob@localhost/pc").await;
     h.send("bob@localhost/pc", command("urn:kabar:nope", "execute", None)).await;
@@ -167,6 +181,8 @@ async fn status_bot_answers_reports_and_subscriptions_in_chat() {
         ("report chat login", "Thanks, your report was counted."),
         ("report chat login", "already reported"),
         ("report nosuch send", "Unknown service"),
+        // One service: "report <problem>" means it (a duplicate of the first report here).
+        ("report delayed", "already reported"),
         ("subscribe", "Subscribed"),
         ("status", "chat: no problems"),
         ("hello", "I am the status bot"),

@@ -1,6 +1,7 @@
 //! The `kabar` binary: command line, configuration, wiring of store, modules and listeners.
 //! The only crate that names concrete backends.
 
+mod admin_client;
 mod auth;
 mod c2s;
 mod http;
@@ -450,12 +451,64 @@ async fn invite(cmd: InviteCommand) -> Result<()> {
     Ok(())
 }
 
+/// `kabar user …` while the server runs: through its admin API, so the running server acts on it
+/// (a removed account's sessions are closed, a changed password applies at once).
+async fn user_via_api(api: &admin_client::AdminClient, config: &kabar_core::Config, cmd: UserCommand) -> Result<()> {
+    use admin_client::path_segment;
+    use serde_json::json;
+    let parse = |jid: &str| accounts::parse_account(jid, &config.domain);
+    eprintln!("(the server is running: using its admin API)");
+    match cmd {
+        UserCommand::Add { jid, password, .. } => {
+            let jid = parse(&jid)?;
+            let password = read_password(password, jid.as_str())?;
+            api.expect_ok("POST", "/users", Some(&json!({ "jid": jid.as_str(), "password": password }))).await?;
+            println!("created {jid}");
+        }
+        UserCommand::Remove { jid, .. } => {
+            let jid = parse(&jid)?;
+            api.expect_ok("DELETE", &format!("/users/{}", path_segment(jid.as_str())), None).await?;
+            println!("removed {jid}");
+        }
+        UserCommand::Passwd { jid, password, .. } => {
+            let jid = parse(&jid)?;
+            let password = read_password(password, jid.as_str())?;
+            let path = format!("/users/{}/password", path_segment(jid.as_str()));
+            api.expect_ok("POST", &path, Some(&json!({ "password": password }))).await?;
+            println!("password changed for {jid}");
+        }
+        UserCommand::List(_) => {
+            let mut after: Option<String> = None;
+            loop {
+                let path = match &after {
+                    Some(a) => format!("/users?limit=1000&after={}", path_segment(a)),
+                    None => "/users?limit=1000".to_owned(),
+                };
+                let page = api.expect_ok("GET", &path, None).await?;
+                for user in page["users"].as_array().into_iter().flatten() {
+                    if let Some(jid) = user["jid"].as_str() {
+                        println!("{jid}");
+                    }
+                }
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn user(cmd: UserCommand) -> Result<()> {
     let common = match &cmd {
         UserCommand::Add { common, .. } | UserCommand::Remove { common, .. } | UserCommand::Passwd { common, .. } => common.clone(),
         UserCommand::List(common) => common.clone(),
     };
     let config = load_config(&common)?;
+    if let Some(api) = admin_client::AdminClient::for_running_server(&config).await? {
+        return user_via_api(&api, &config, cmd).await;
+    }
     let store = storage::open_store(&config).await?;
     let parse = |jid: &str| accounts::parse_account(jid, &config.domain);
     let explain = |e: AccountError| -> anyhow::Error {

@@ -106,7 +106,12 @@ async fn tick_loop(server: Arc<Server>, hub: Arc<StatusHub>, tls: Option<TlsConn
         if let Some(tls) = &tls {
             for alert in alerts {
                 for url in &cfg.webhooks {
-                    tokio::spawn(post_webhook(tls.clone(), url.clone(), alert.clone(), Duration::from_secs(cfg.webhook_timeout_secs.max(1))));
+                    tokio::spawn(post_webhook(
+                        tls.clone(),
+                        url.clone(),
+                        alert.clone(),
+                        Duration::from_secs(cfg.webhook_timeout_secs.max(1)),
+                    ));
                 }
             }
         }
@@ -122,7 +127,15 @@ async fn probe_loop(hub: Arc<StatusHub>, service: String, name: String, entry: P
         if !outcome.ok {
             info!(service, probe = name, detail = outcome.detail, "monitor: probe failed");
         }
-        hub.record_probe(&service, &name, outcome.ok, outcome.latency_ms, &outcome.detail, outcome.cert_days, unix_now());
+        hub.record_probe(
+            &service,
+            &name,
+            outcome.ok,
+            outcome.latency_ms,
+            &outcome.detail,
+            outcome.cert_days,
+            unix_now(),
+        );
     }
 }
 
@@ -140,7 +153,8 @@ async fn post_webhook(tls: TlsConnector, url: String, alert: Alert, limit: Durat
         "text": alert.text,
     })
     .to_string();
-    match tokio::time::timeout(limit, probes::http_request(&tls, "POST", &url, Some(body.as_bytes()), 64 * 1024)).await {
+    match tokio::time::timeout(limit, probes::http_request(&tls, "POST", &url, Some(body.as_bytes()), 64 * 1024)).await
+    {
         Ok(Ok((status, _))) if (200..300).contains(&status) => {}
         Ok(Ok((status, _))) => warn!(url, status, "monitor: webhook refused the alert"),
         Ok(Err(e)) => warn!(url, error = e, "monitor: webhook failed"),

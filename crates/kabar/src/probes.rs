@@ -78,14 +78,23 @@ pub async fn run_once(entry: &ProbeEntry, tls: &TlsConnector) -> ProbeOutcome {
         match result {
             Ok((detail, cert_days)) => return ProbeOutcome { ok: true, latency_ms, detail, cert_days },
             Err(e) => {
-                last = ProbeOutcome { ok: false, latency_ms, detail: if attempt > 0 { format!("{e} (attempt {})", attempt + 1) } else { e }, cert_days: None };
+                last = ProbeOutcome {
+                    ok: false,
+                    latency_ms,
+                    detail: if attempt > 0 { format!("{e} (attempt {})", attempt + 1) } else { e },
+                    cert_days: None,
+                };
             }
         }
     }
     last
 }
 
-async fn attempt_once(entry: &ProbeEntry, tls: &TlsConnector, op_timeout: Duration) -> Result<(String, Option<i64>), String> {
+async fn attempt_once(
+    entry: &ProbeEntry,
+    tls: &TlsConnector,
+    op_timeout: Duration,
+) -> Result<(String, Option<i64>), String> {
     match entry.kind {
         ProbeKind::Tcp => {
             TcpStream::connect(entry.target.as_str()).await.map_err(|e| format!("connect: {e}"))?;
@@ -96,7 +105,13 @@ async fn attempt_once(entry: &ProbeEntry, tls: &TlsConnector, op_timeout: Durati
             let tcp = TcpStream::connect(entry.target.as_str()).await.map_err(|e| format!("connect: {e}"))?;
             let server_name = ServerName::try_from(name).map_err(|_| "bad server name".to_owned())?;
             let stream = tls.connect(server_name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
-            let days = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| not_after_unix(c.as_ref())).map(|t| days_left(t));
+            let days = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| not_after_unix(c.as_ref()))
+                .map(|t| days_left(t));
             if let Some(d) = days {
                 if entry.min_cert_days > 0 && d < entry.min_cert_days as i64 {
                     return Err(format!("certificate expires in {d} days"));
@@ -106,7 +121,11 @@ async fn attempt_once(entry: &ProbeEntry, tls: &TlsConnector, op_timeout: Durati
         }
         ProbeKind::Http => {
             let (status, body) = http_request(tls, "GET", &entry.target, None, MAX_HTTP_BYTES).await?;
-            let accepted = if entry.expect_status.is_empty() { (200..400).contains(&status) } else { entry.expect_status.contains(&status) };
+            let accepted = if entry.expect_status.is_empty() {
+                (200..400).contains(&status)
+            } else {
+                entry.expect_status.contains(&status)
+            };
             if !accepted {
                 return Err(format!("HTTP {status}"));
             }
@@ -118,7 +137,8 @@ async fn attempt_once(entry: &ProbeEntry, tls: &TlsConnector, op_timeout: Durati
             Ok((format!("HTTP {status}"), None))
         }
         ProbeKind::Dns => {
-            let n = tokio::net::lookup_host((entry.target.as_str(), 0)).await.map_err(|e| format!("resolve: {e}"))?.count();
+            let n =
+                tokio::net::lookup_host((entry.target.as_str(), 0)).await.map_err(|e| format!("resolve: {e}"))?.count();
             if n == 0 {
                 return Err("no addresses".to_owned());
             }
@@ -126,7 +146,8 @@ async fn attempt_once(entry: &ProbeEntry, tls: &TlsConnector, op_timeout: Durati
         }
         ProbeKind::XmppLogin => {
             let (jid, password) = creds(entry.jid.as_deref(), entry.password.as_deref())?;
-            let mut c = XmppClient::login(&entry.target, entry.server_name.as_deref(), &jid, &password, tls, false).await?;
+            let mut c =
+                XmppClient::login(&entry.target, entry.server_name.as_deref(), &jid, &password, tls, false).await?;
             c.ping().await?;
             c.close().await;
             Ok(("login, bind and ping ok".to_owned(), None))
@@ -134,8 +155,11 @@ async fn attempt_once(entry: &ProbeEntry, tls: &TlsConnector, op_timeout: Durati
         ProbeKind::XmppMessage => {
             let (jid, password) = creds(entry.jid.as_deref(), entry.password.as_deref())?;
             let (peer, peer_password) = creds(entry.peer_jid.as_deref(), entry.peer_password.as_deref())?;
-            let mut a = XmppClient::login(&entry.target, entry.server_name.as_deref(), &jid, &password, tls, false).await?;
-            let mut b = XmppClient::login(&entry.target, entry.server_name.as_deref(), &peer, &peer_password, tls, true).await?;
+            let mut a =
+                XmppClient::login(&entry.target, entry.server_name.as_deref(), &jid, &password, tls, false).await?;
+            let mut b =
+                XmppClient::login(&entry.target, entry.server_name.as_deref(), &peer, &peer_password, tls, true)
+                    .await?;
             let token = format!("kabar-probe-{:016x}", rand::random::<u64>());
             let started = Instant::now();
             let msg = elem("message", ns::CLIENT)
@@ -168,7 +192,9 @@ fn creds(jid: Option<&str>, password: Option<&str>) -> Result<(String, String), 
 
 fn host_of(target: &str) -> String {
     match target.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        Some((host, port)) if port.parse::<u16>().is_ok() => {
+            host.trim_start_matches('[').trim_end_matches(']').to_owned()
+        }
         _ => target.to_owned(),
     }
 }
@@ -217,7 +243,13 @@ impl AsyncWrite for ClientIo {
 
 /// A minimal HTTP/1.1 request (`Connection: close`, body read to EOF, at most `max` bytes) over
 /// TCP or TLS; used by the HTTP probe and webhooks. Returns (status, body).
-pub async fn http_request(tls: &TlsConnector, method: &str, url: &str, json_body: Option<&[u8]>, max: usize) -> Result<(u16, Vec<u8>), String> {
+pub async fn http_request(
+    tls: &TlsConnector,
+    method: &str,
+    url: &str,
+    json_body: Option<&[u8]>,
+    max: usize,
+) -> Result<(u16, Vec<u8>), String> {
     let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("http://") {
@@ -232,7 +264,8 @@ pub async fn http_request(tls: &TlsConnector, method: &str, url: &str, json_body
     if authority.is_empty() || authority.contains('@') || path.chars().any(|c| c.is_control() || c == ' ') {
         return Err("malformed URL".to_owned());
     }
-    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']');
+    let has_port =
+        authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']');
     let addr = if has_port { authority.to_owned() } else { format!("{authority}:{}", if https { 443 } else { 80 }) };
     let tcp = TcpStream::connect(addr.as_str()).await.map_err(|e| format!("connect: {e}"))?;
     let mut io = if https {
@@ -298,7 +331,14 @@ fn framer() -> StreamFramer {
 
 impl XmppClient {
     /// Connects to `target`, STARTTLS, SASL PLAIN, bind; with `available` also sends presence.
-    async fn login(target: &str, server_name: Option<&str>, jid: &str, password: &str, tls: &TlsConnector, available: bool) -> Result<XmppClient, String> {
+    async fn login(
+        target: &str,
+        server_name: Option<&str>,
+        jid: &str,
+        password: &str,
+        tls: &TlsConnector,
+        available: bool,
+    ) -> Result<XmppClient, String> {
         let bare = parse_bare(jid).map_err(|_| format!("bad probe JID {jid}"))?;
         let user = bare.node().map(|n| n.as_str().to_owned()).ok_or("probe JID needs a user")?;
         let domain = bare.domain().as_str().to_owned();
@@ -323,7 +363,9 @@ impl XmppClient {
         if r.name() != "proceed" {
             return Err("STARTTLS refused".to_owned());
         }
-        let ClientIo::Plain(tcp) = std::mem::replace(&mut c.io, ClientIo::Gone) else { return Err("not plain".to_owned()) };
+        let ClientIo::Plain(tcp) = std::mem::replace(&mut c.io, ClientIo::Gone) else {
+            return Err("not plain".to_owned());
+        };
         let name = server_name.map(str::to_owned).unwrap_or_else(|| c.domain.clone());
         let sn = ServerName::try_from(name).map_err(|_| "bad server name".to_owned())?;
         c.io = ClientIo::Tls(Box::new(tls.connect(sn, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?));
@@ -341,7 +383,9 @@ impl XmppClient {
         creds.extend_from_slice(user.as_bytes());
         creds.push(0);
         creds.extend_from_slice(password.as_bytes());
-        let auth = elem("auth", ns::SASL).with_attr("mechanism", "PLAIN").with_text(base64::engine::general_purpose::STANDARD.encode(creds));
+        let auth = elem("auth", ns::SASL)
+            .with_attr("mechanism", "PLAIN")
+            .with_text(base64::engine::general_purpose::STANDARD.encode(creds));
         c.send(&auth).await?;
         let r = c.wait(|e| e.ns() == ns::SASL).await?;
         if r.name() != "success" {
@@ -350,9 +394,14 @@ impl XmppClient {
         }
         c.reader = Reader::new(framer());
         c.open().await?;
-        let bind = elem("bind", ns::BIND).with_child(elem("resource", ns::BIND).with_text(format!("probe-{:08x}", rand::random::<u32>())));
+        let bind = elem("bind", ns::BIND)
+            .with_child(elem("resource", ns::BIND).with_text(format!("probe-{:08x}", rand::random::<u32>())));
         let r = c.iq("set", None, bind).await?;
-        c.full_jid = r.get_child("bind", ns::BIND).and_then(|b| b.get_child("jid", ns::BIND)).map(|j| j.text()).ok_or("bind result without jid")?;
+        c.full_jid = r
+            .get_child("bind", ns::BIND)
+            .and_then(|b| b.get_child("jid", ns::BIND))
+            .map(|j| j.text())
+            .ok_or("bind result without jid")?;
         if available {
             c.send(&elem("presence", ns::CLIENT).with_child(elem("priority", ns::CLIENT).with_text("-1"))).await?;
         }
@@ -370,7 +419,14 @@ impl XmppClient {
     }
 
     async fn open(&mut self) -> Result<(), String> {
-        let header = HeaderAttrs { content_ns: ns::CLIENT, from: None, to: Some(&self.domain), id: "", version: Some("1.0"), lang: Some("en") };
+        let header = HeaderAttrs {
+            content_ns: ns::CLIENT,
+            from: None,
+            to: Some(&self.domain),
+            id: "",
+            version: Some("1.0"),
+            lang: Some("en"),
+        };
         self.writer.open(&header).map_err(|e| e.to_string())?;
         self.write().await?;
         let el = self.wait(|e| e.is("features", ns::STREAMS)).await?;
@@ -386,7 +442,10 @@ impl XmppClient {
     async fn next_element(&mut self, deadline: Instant) -> Result<Element, String> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let ev = timeout(left, self.reader.next(&mut self.io)).await.map_err(|_| "timed out waiting for the server".to_owned())?.map_err(|e| e.to_string())?;
+            let ev = timeout(left, self.reader.next(&mut self.io))
+                .await
+                .map_err(|_| "timed out waiting for the server".to_owned())?
+                .map_err(|e| e.to_string())?;
             match ev {
                 StreamEvent::Open(_) => continue,
                 StreamEvent::Close => return Err("stream closed by server".to_owned()),
@@ -421,7 +480,11 @@ impl XmppClient {
         self.send(&iq).await?;
         let r = self.wait(|e| e.name() == "iq" && e.attr("id") == Some(id.as_str())).await?;
         if r.attr("type") != Some("result") {
-            let cond = r.get_child("error", ns::CLIENT).and_then(|e| e.children().next()).map(|c| c.name().to_owned()).unwrap_or_default();
+            let cond = r
+                .get_child("error", ns::CLIENT)
+                .and_then(|e| e.children().next())
+                .map(|c| c.name().to_owned())
+                .unwrap_or_default();
             return Err(format!("IQ error ({cond})"));
         }
         Ok(r)

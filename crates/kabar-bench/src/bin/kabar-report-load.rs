@@ -73,13 +73,14 @@ fn proc_cpu_s(pid: u32) -> Option<f64> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: runtime: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     match runtime.block_on(run(args)) {
         Ok(line) => {
             println!("{line}");
@@ -111,7 +112,18 @@ async fn run(args: Args) -> Result<String, String> {
     for i in 0..args.connections {
         let src = Ipv4Addr::new(127, 0, 0, 10 + (i % args.sources.clamp(1, 240)) as u8);
         let per_conn = (args.rate > 0.0).then(|| args.rate / args.connections.max(1) as f64);
-        tasks.push(tokio::spawn(connection(i, src, args.port, args.domain.clone(), args.service.clone(), args.pipeline.max(1), per_conn, tls.clone(), totals.clone(), stop.clone())));
+        tasks.push(tokio::spawn(connection(
+            i,
+            src,
+            args.port,
+            args.domain.clone(),
+            args.service.clone(),
+            args.pipeline.max(1),
+            per_conn,
+            tls.clone(),
+            totals.clone(),
+            stop.clone(),
+        )));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     stop.store(true, Ordering::Relaxed);
@@ -124,7 +136,8 @@ async fn run(args: Args) -> Result<String, String> {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu0.and_then(|c0| proc_cpu_s(args.server_pid).map(|c1| c1 - c0));
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).map(|us| *us as f64 / 1000.0);
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).map(|us| *us as f64 / 1000.0);
     let accepted = totals.accepted.load(Ordering::Relaxed);
     Ok(json!({
         "scenario": "reports",

@@ -71,7 +71,11 @@ struct Cached {
     body: Arc<String>,
 }
 
-fn cached(slot: &'static OnceLock<Mutex<Option<Cached>>>, hub: &Arc<StatusHub>, render: impl FnOnce() -> String) -> Arc<String> {
+fn cached(
+    slot: &'static OnceLock<Mutex<Option<Cached>>>,
+    hub: &Arc<StatusHub>,
+    render: impl FnOnce() -> String,
+) -> Arc<String> {
     let key = Arc::as_ptr(hub) as usize;
     let cell = slot.get_or_init(|| Mutex::new(None));
     let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,7 +130,12 @@ fn client_ip(hub: &StatusHub, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     chain.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
 }
 
-async fn report(State(state): State<HttpState>, Extension(info): Extension<ConnInfo>, headers: HeaderMap, body: Bytes) -> Response {
+async fn report(
+    State(state): State<HttpState>,
+    Extension(info): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(hub) = hub(&state) else { return disabled() };
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -143,15 +152,34 @@ async fn report(State(state): State<HttpState>, Extension(info): Extension<ConnI
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
     };
     if body.len() > hub.config().max_report_body_bytes {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("a report is at most {} bytes", hub.config().max_report_body_bytes));
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a report is at most {} bytes", hub.config().max_report_body_bytes),
+        );
     }
     let ip = client_ip(&hub, info.peer.ip(), &headers);
     let reporter = match r.device.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         Some(d) if d.len() <= 128 && !d.chars().any(char::is_control) => format!("device:{d}"),
-        Some(_) => return json_error(StatusCode::BAD_REQUEST, "invalid_device", "device must be at most 128 characters without control characters"),
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_device",
+                "device must be at most 128 characters without control characters",
+            )
+        }
         None => format!("ip:{ip}"),
     };
-    let verdict = hub.submit_report(&r.service, &reporter, ip, None, &r.problem, r.region.as_deref(), r.comment.as_deref(), unix_now());
+    let verdict = hub.submit_report(
+        &r.service,
+        &reporter,
+        ip,
+        None,
+        &r.problem,
+        r.region.as_deref(),
+        r.comment.as_deref(),
+        unix_now(),
+    );
     match verdict {
         Ok(v) => {
             let reason = match v {
@@ -207,7 +235,8 @@ async fn summary(State(state): State<HttpState>) -> Response {
     let url = state.public_url.clone();
     let title = page_title(&state, &hub);
     let body = cached(&SUMMARY_CACHE, &hub, || render_summary(&hub, &hub.snapshot(), &url, &title));
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], body.as_str().to_owned()).into_response()
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], body.as_str().to_owned())
+        .into_response()
 }
 
 fn render_summary(hub: &StatusHub, snap: &Snapshot, url: &str, title: &str) -> String {
@@ -246,7 +275,8 @@ fn render_summary(hub: &StatusHub, snap: &Snapshot, url: &str, title: &str) -> S
             })
         })
         .collect();
-    let incidents: Vec<_> = snap.incidents.iter().filter(|i| i.is_open()).map(|i| incident_json(hub, i, url, snap)).collect();
+    let incidents: Vec<_> =
+        snap.incidents.iter().filter(|i| i.is_open()).map(|i| incident_json(hub, i, url, snap)).collect();
     json!({
         "page": { "id": "kabar", "name": title, "url": format!("{url}/status"), "time_zone": "Etc/UTC", "updated_at": now },
         "status": { "indicator": indicator, "description": description },
@@ -295,7 +325,8 @@ fn round2(x: f64) -> f64 {
 fn incident_json(hub: &StatusHub, i: &Incident, url: &str, snap: &Snapshot) -> serde_json::Value {
     let ts = |m: u64| xep0082(hub.minute_to_unix(m));
     let status = incident_status(i);
-    let service_title = snap.services.iter().find(|s| s.info.name == i.service).map_or(i.service.clone(), |s| s.info.title.clone());
+    let service_title =
+        snap.services.iter().find(|s| s.info.name == i.service).map_or(i.service.clone(), |s| s.info.title.clone());
     let mut updates: Vec<serde_json::Value> = Vec::new();
     for (n, t) in i.timeline.iter().enumerate() {
         updates.push(json!({
@@ -323,7 +354,8 @@ fn incident_json(hub: &StatusHub, i: &Incident, url: &str, snap: &Snapshot) -> s
         }));
     }
     updates.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
-    let updated = updates.first().and_then(|u| u["created_at"].as_str().map(str::to_owned)).unwrap_or_else(|| ts(i.start_minute));
+    let updated =
+        updates.first().and_then(|u| u["created_at"].as_str().map(str::to_owned)).unwrap_or_else(|| ts(i.start_minute));
     json!({
         "id": i.id,
         "name": format!("{service_title}: problems detected"),
@@ -365,7 +397,11 @@ async fn feed(State(state): State<HttpState>) -> Response {
     if body.is_empty() {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "feed rendering failed");
     }
-    ([(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], body.as_str().to_owned()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        body.as_str().to_owned(),
+    )
+        .into_response()
 }
 
 fn render_feed(hub: &StatusHub, snap: &Snapshot, url: &str, title: &str) -> Option<String> {
@@ -381,22 +417,51 @@ fn render_feed(hub: &StatusHub, snap: &Snapshot, url: &str, title: &str) -> Opti
         .with_child(text("title", format!("{title}: incidents")))
         .with_child(text("id", format!("{url}/status/incidents.atom")))
         .with_child(text("updated", xep0082(newest)))
-        .with_child(elem("link", NS_ATOM).with_attr("rel", "self").with_attr("href", format!("{url}/status/incidents.atom")))
-        .with_child(elem("link", NS_ATOM).with_attr("rel", "alternate").with_attr("type", "text/html").with_attr("href", format!("{url}/status")))
+        .with_child(
+            elem("link", NS_ATOM).with_attr("rel", "self").with_attr("href", format!("{url}/status/incidents.atom")),
+        )
+        .with_child(
+            elem("link", NS_ATOM)
+                .with_attr("rel", "alternate")
+                .with_attr("type", "text/html")
+                .with_attr("href", format!("{url}/status")),
+        )
         .with_child(elem("author", NS_ATOM).with_child(text("name", "kabar outage monitor".to_owned())));
     for i in snap.incidents.iter().take(FEED_ENTRIES) {
-        let service_title = snap.services.iter().find(|s| s.info.name == i.service).map_or(i.service.clone(), |s| s.info.title.clone());
+        let service_title =
+            snap.services.iter().find(|s| s.info.name == i.service).map_or(i.service.clone(), |s| s.info.title.clone());
         let updated = i.resolved_minute.or(i.timeline.last().map(|t| t.minute)).unwrap_or(i.start_minute);
         let mut content = String::new();
-        let _ = writeln!(content, "{service_title}: problems detected since {} UTC (peak {:.1}× normal).", xep0082(hub.minute_to_unix(i.start_minute)), i.peak_ratio);
+        let _ = writeln!(
+            content,
+            "{service_title}: problems detected since {} UTC (peak {:.1}× normal).",
+            xep0082(hub.minute_to_unix(i.start_minute)),
+            i.peak_ratio
+        );
         for t in &i.timeline {
-            let _ = writeln!(content, "{} {} → {} ({})", xep0082(hub.minute_to_unix(t.minute)), t.from.as_str(), t.to.as_str(), cause_text(t.cause, t.ratio));
+            let _ = writeln!(
+                content,
+                "{} {} → {} ({})",
+                xep0082(hub.minute_to_unix(t.minute)),
+                t.from.as_str(),
+                t.to.as_str(),
+                cause_text(t.cause, t.ratio)
+            );
         }
         for a in &i.annotations {
             let _ = writeln!(content, "{} note: {}", xep0082(hub.minute_to_unix(a.at_secs / 60)), a.text);
         }
         if let Some(r) = i.resolved_minute {
-            let _ = writeln!(content, "{} resolved ({}).", xep0082(hub.minute_to_unix(r)), if matches!(i.resolution, Some(kabar_monitor::Resolution::Admin)) { "by an administrator" } else { "automatically" });
+            let _ = writeln!(
+                content,
+                "{} resolved ({}).",
+                xep0082(hub.minute_to_unix(r)),
+                if matches!(i.resolution, Some(kabar_monitor::Resolution::Admin)) {
+                    "by an administrator"
+                } else {
+                    "automatically"
+                }
+            );
         }
         let status = if i.is_open() { "ongoing" } else { "resolved" };
         feed.append_child(
@@ -405,7 +470,11 @@ fn render_feed(hub: &StatusHub, snap: &Snapshot, url: &str, title: &str) -> Opti
                 .with_child(text("title", format!("{service_title}: problems detected ({status})")))
                 .with_child(text("published", xep0082(hub.minute_to_unix(i.start_minute))))
                 .with_child(text("updated", xep0082(hub.minute_to_unix(updated))))
-                .with_child(elem("link", NS_ATOM).with_attr("rel", "alternate").with_attr("href", format!("{url}/status#incident-{}", anchor(&i.id))))
+                .with_child(
+                    elem("link", NS_ATOM)
+                        .with_attr("rel", "alternate")
+                        .with_attr("href", format!("{url}/status#incident-{}", anchor(&i.id))),
+                )
                 .with_child(elem("content", NS_ATOM).with_attr("type", "text").with_text(content)),
         );
     }
@@ -426,7 +495,11 @@ pub struct AnnotationBody {
 }
 
 /// Mounted inside the admin API (its token check applies).
-pub async fn annotate_incident(State(state): State<HttpState>, Path(id): Path<String>, body: Result<Json<AnnotationBody>, axum::extract::rejection::JsonRejection>) -> Response {
+pub async fn annotate_incident(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    body: Result<Json<AnnotationBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Some(hub) = hub(&state) else { return disabled() };
     let Json(body) = match body {
         Ok(b) => b,
@@ -445,7 +518,9 @@ pub async fn annotate_incident(State(state): State<HttpState>, Path(id): Path<St
             (StatusCode::OK, Json(incident_json(&hub, &inc, &state.public_url, &snap))).into_response()
         }
         Err(AnnotateFailure::NotFound) => json_error(StatusCode::NOT_FOUND, "not_found", "no such incident"),
-        Err(AnnotateFailure::NotOpen) => json_error(StatusCode::CONFLICT, "not_open", "the incident is already resolved"),
+        Err(AnnotateFailure::NotOpen) => {
+            json_error(StatusCode::CONFLICT, "not_open", "the incident is already resolved")
+        }
         Err(AnnotateFailure::Invalid(m)) => json_error(StatusCode::BAD_REQUEST, "invalid_annotation", m),
     }
 }
@@ -484,7 +559,9 @@ const SCRIPT: &str = r#"
 
 fn script_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(SCRIPT.as_bytes()))))
+    HASH.get_or_init(|| {
+        format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(SCRIPT.as_bytes())))
+    })
 }
 
 fn page_title(state: &HttpState, hub: &StatusHub) -> String {
@@ -572,7 +649,9 @@ struct Bin {
 
 fn bins(svc: &ServiceSnapshot, end_minute: u64) -> Vec<Bin> {
     let start = end_minute.saturating_sub(BINS as u64 * BIN_MINUTES);
-    let mut out: Vec<Bin> = (0..BINS).map(|_| Bin { counted: 0, expected: 0.0, spread: 0.0, minutes: 0, latency: BTreeMap::new() }).collect();
+    let mut out: Vec<Bin> = (0..BINS)
+        .map(|_| Bin { counted: 0, expected: 0.0, spread: 0.0, minutes: 0, latency: BTreeMap::new() })
+        .collect();
     for r in &svc.history {
         if r.minute < start || r.minute >= end_minute {
             continue;
@@ -599,14 +678,26 @@ const PAD_B: f64 = 18.0;
 fn axis(out: &mut String, hub: &StatusHub, end_minute: u64, max: f64, unit: &str) {
     let plot_h = H - PAD_B;
     let _ = write!(out, r##"<line x1="{PAD_L}" y1="{plot_h}" x2="{W}" y2="{plot_h}" stroke="#c8ccd6"/>"##);
-    let _ = write!(out, r##"<text x="2" y="12" font-size="10" fill="#6b7280">{}</text>"##, esc(&format!("{max:.0}{unit}")));
+    let _ =
+        write!(out, r##"<text x="2" y="12" font-size="10" fill="#6b7280">{}</text>"##, esc(&format!("{max:.0}{unit}")));
     let _ = write!(out, r##"<text x="2" y="{}" font-size="10" fill="#6b7280">0</text>"##, plot_h);
     let start = end_minute.saturating_sub(BINS as u64 * BIN_MINUTES);
     for k in 0..=4u64 {
         let m = start + k * (BINS as u64 * BIN_MINUTES) / 4;
         let x = PAD_L + (W - PAD_L) * k as f64 / 4.0;
-        let anchor = if k == 0 { "start" } else if k == 4 { "end" } else { "middle" };
-        let _ = write!(out, r##"<text x="{x:.1}" y="{}" font-size="10" fill="#6b7280" text-anchor="{anchor}">{}</text>"##, H - 4.0, hhmm(hub.minute_to_unix(m)));
+        let anchor = if k == 0 {
+            "start"
+        } else if k == 4 {
+            "end"
+        } else {
+            "middle"
+        };
+        let _ = write!(
+            out,
+            r##"<text x="{x:.1}" y="{}" font-size="10" fill="#6b7280" text-anchor="{anchor}">{}</text>"##,
+            H - 4.0,
+            hhmm(hub.minute_to_unix(m))
+        );
     }
 }
 
@@ -635,9 +726,22 @@ fn reports_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Str
     }
     if !top.is_empty() {
         bottom.reverse();
-        let _ = write!(out, r##"<polygon class="band" points="{top}{}" fill="#cfe3ff" stroke="none"><title>expected range</title></polygon>"##, bottom.join(" "));
-        let line: Vec<String> = bins.iter().enumerate().filter(|(_, b)| b.minutes > 0).map(|(i, b)| format!("{:.1},{:.1}", PAD_L + bw * (i as f64 + 0.5), y(b.expected))).collect();
-        let _ = write!(out, r##"<polyline points="{}" fill="none" stroke="#4f6bed" stroke-width="1" stroke-dasharray="3,2"/>"##, line.join(" "));
+        let _ = write!(
+            out,
+            r##"<polygon class="band" points="{top}{}" fill="#cfe3ff" stroke="none"><title>expected range</title></polygon>"##,
+            bottom.join(" ")
+        );
+        let line: Vec<String> = bins
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.minutes > 0)
+            .map(|(i, b)| format!("{:.1},{:.1}", PAD_L + bw * (i as f64 + 0.5), y(b.expected)))
+            .collect();
+        let _ = write!(
+            out,
+            r##"<polyline points="{}" fill="none" stroke="#4f6bed" stroke-width="1" stroke-dasharray="3,2"/>"##,
+            line.join(" ")
+        );
     }
     for (i, b) in bins.iter().enumerate() {
         if b.counted == 0 {
@@ -663,12 +767,21 @@ fn reports_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Str
 
 fn latency_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Option<String> {
     let bins = bins(svc, end_minute);
-    let names: Vec<String> = bins.iter().flat_map(|b| b.latency.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let names: Vec<String> = bins
+        .iter()
+        .flat_map(|b| b.latency.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if names.is_empty() {
         return None;
     }
     let avg = |b: &Bin, n: &str| b.latency.get(n).filter(|(_, c)| *c > 0).map(|(s, c)| *s as f64 / f64::from(*c));
-    let max = bins.iter().flat_map(|b| names.iter().filter_map(|n| avg(b, n)).collect::<Vec<_>>()).fold(10.0, f64::max).ceil();
+    let max = bins
+        .iter()
+        .flat_map(|b| names.iter().filter_map(|n| avg(b, n)).collect::<Vec<_>>())
+        .fold(10.0, f64::max)
+        .ceil();
     let plot_h = H - PAD_B;
     let bw = (W - PAD_L) / BINS as f64;
     let y = |v: f64| plot_h - v / max * (plot_h - 14.0);
@@ -679,15 +792,30 @@ fn latency_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Opt
     );
     for (k, name) in names.iter().enumerate() {
         let color = colors[k % colors.len()];
-        let pts: Vec<String> = bins.iter().enumerate().filter_map(|(i, b)| avg(b, name).map(|v| format!("{:.1},{:.1}", PAD_L + bw * (i as f64 + 0.5), y(v)))).collect();
-        let _ = write!(out, r##"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"><title>{}</title></polyline>"##, pts.join(" "), esc(name));
+        let pts: Vec<String> = bins
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| avg(b, name).map(|v| format!("{:.1},{:.1}", PAD_L + bw * (i as f64 + 0.5), y(v))))
+            .collect();
+        let _ = write!(
+            out,
+            r##"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"><title>{}</title></polyline>"##,
+            pts.join(" "),
+            esc(name)
+        );
         // Dots too, so a series with one bin (a new probe) is visible.
         for p in &pts {
             if let Some((x, y)) = p.split_once(',') {
                 let _ = write!(out, r##"<circle cx="{x}" cy="{y}" r="2" fill="{color}"/>"##);
             }
         }
-        let _ = write!(out, r##"<text x="{:.1}" y="{}" font-size="10" fill="{color}">{}</text>"##, PAD_L + 6.0 + 110.0 * k as f64, 12, esc(name));
+        let _ = write!(
+            out,
+            r##"<text x="{:.1}" y="{}" font-size="10" fill="{color}">{}</text>"##,
+            PAD_L + 6.0 + 110.0 * k as f64,
+            12,
+            esc(name)
+        );
     }
     axis(&mut out, hub, end_minute, max, " ms");
     out.push_str("</svg>");
@@ -719,7 +847,11 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
         );
         let window = st.windows.iter().find(|w| w.minutes == 15).or(st.windows.first());
         if let Some(w) = window {
-            let _ = write!(h, r#"<p class="muted">Last {} minutes: {} counted reports, {:.1} expected ({:.1}× normal).</p>"#, w.minutes, w.observed, w.expected, w.ratio);
+            let _ = write!(
+                h,
+                r#"<p class="muted">Last {} minutes: {} counted reports, {:.1} expected ({:.1}× normal).</p>"#,
+                w.minutes, w.observed, w.expected, w.ratio
+            );
         } else {
             h.push_str(r#"<p class="muted">Not judged yet.</p>"#);
         }
@@ -733,11 +865,17 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
         // Problem types (last hour).
         let total: u64 = st.problems_last_hour.iter().sum();
         h.push_str("<div><h3>Most reported problems (last hour)</h3><table>");
-        let mut problems: Vec<(ProblemType, u64)> = ProblemType::ALL.iter().map(|p| (*p, st.problems_last_hour[p.index()])).collect();
+        let mut problems: Vec<(ProblemType, u64)> =
+            ProblemType::ALL.iter().map(|p| (*p, st.problems_last_hour[p.index()])).collect();
         problems.sort_by(|a, b| b.1.cmp(&a.1));
         for (p, n) in problems {
             let pct = if total > 0 { n as f64 * 100.0 / total as f64 } else { 0.0 };
-            let _ = write!(h, r#"<tr><td>{}</td><td><span class="bar" style="width:{:.0}px"></span> {n}</td></tr>"#, problem_label(p), pct * 1.2);
+            let _ = write!(
+                h,
+                r#"<tr><td>{}</td><td><span class="bar" style="width:{:.0}px"></span> {n}</td></tr>"#,
+                problem_label(p),
+                pct * 1.2
+            );
         }
         h.push_str("</table></div>");
         // Regions (last hour of records).
@@ -756,7 +894,12 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
         }
         let rmax = regions.first().map_or(1, |r| r.1.max(1));
         for (name, n) in regions.iter().take(10) {
-            let _ = write!(h, r#"<tr><td>{}</td><td><span class="bar" style="width:{:.0}px"></span> {n}</td></tr>"#, esc(name), *n as f64 * 120.0 / rmax as f64);
+            let _ = write!(
+                h,
+                r#"<tr><td>{}</td><td><span class="bar" style="width:{:.0}px"></span> {n}</td></tr>"#,
+                esc(name),
+                *n as f64 * 120.0 / rmax as f64
+            );
         }
         h.push_str("</table></div>");
         // Probes.
@@ -785,9 +928,15 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
         h.push_str(r#"<p class="muted">No incidents recorded.</p>"#);
     }
     for i in snap.incidents.iter().take(INCIDENTS_SHOWN) {
-        let title = snap.services.iter().find(|s| s.info.name == i.service).map_or(i.service.as_str(), |s| s.info.title.as_str());
+        let title = snap
+            .services
+            .iter()
+            .find(|s| s.info.name == i.service)
+            .map_or(i.service.as_str(), |s| s.info.title.as_str());
         let when = match i.resolved_minute {
-            Some(r) => format!("resolved {} UTC", xep0082(hub.minute_to_unix(r)).replace('T', " ").trim_end_matches('Z')),
+            Some(r) => {
+                format!("resolved {} UTC", xep0082(hub.minute_to_unix(r)).replace('T', " ").trim_end_matches('Z'))
+            }
             None => "ongoing".to_owned(),
         };
         let _ = write!(
@@ -801,10 +950,22 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
             i.peak_ratio
         );
         for t in &i.timeline {
-            let _ = write!(h, "<li>{} — {} → {} ({})</li>", hhmm(hub.minute_to_unix(t.minute)), esc(t.from.as_str()), esc(t.to.as_str()), esc(&cause_text(t.cause, t.ratio)));
+            let _ = write!(
+                h,
+                "<li>{} — {} → {} ({})</li>",
+                hhmm(hub.minute_to_unix(t.minute)),
+                esc(t.from.as_str()),
+                esc(t.to.as_str()),
+                esc(&cause_text(t.cause, t.ratio))
+            );
         }
         for a in &i.annotations {
-            let _ = write!(h, "<li>{} — <strong>note:</strong> {}</li>", hhmm(hub.minute_to_unix(a.at_secs / 60)), esc(&a.text));
+            let _ = write!(
+                h,
+                "<li>{} — <strong>note:</strong> {}</li>",
+                hhmm(hub.minute_to_unix(a.at_secs / 60)),
+                esc(&a.text)
+            );
         }
         h.push_str("</ul></div>");
     }
@@ -819,7 +980,8 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
         let _ = write!(h, r#"<option value="{}">{}</option>"#, p.as_str(), problem_label(p));
     }
     h.push_str(r#"</select><label for="region">Where are you? (optional)</label><input id="region" name="region" list="regions" maxlength="64" autocomplete="off"><datalist id="regions">"#);
-    let regions: std::collections::BTreeSet<&str> = snap.services.iter().flat_map(|s| s.info.regions.iter().map(String::as_str)).collect();
+    let regions: std::collections::BTreeSet<&str> =
+        snap.services.iter().flat_map(|s| s.info.regions.iter().map(String::as_str)).collect();
     for r in regions {
         let _ = write!(h, r#"<option value="{}">"#, esc(r));
     }
