@@ -289,3 +289,21 @@ def test_xep0379_subscription_with_invite_token_is_approved_without_asking(serve
     alice.expect_no_presence(frm="carol@localhost", type="subscribe")
     assert roster_sub(alice, "carol@localhost") == "both"
     assert roster_sub(carol, "alice@localhost") == "both"
+
+
+def test_xep0445_in_band_registration_with_a_user_invite_befriends_and_greets_the_inviter(server):
+    """XEP-0401 §5.3.2 with XEP-0445: the invitee's client registers in-band with the token of alice's
+    invite (ibr=y); afterwards both have subscription both and alice gets the "joined" notice."""
+    srv = server()
+    alice = srv.client("alice")
+    fields = result_fields(run_invite_command(alice))
+    assert fields["uri"].endswith(";ibr=y")
+    raw = raw_stream(srv)
+    assert preauth(raw, token_of(fields["landing-url"])).type == "result"
+    assert register_in_band(raw, "zoe", "zoe-password-1").type == "result"
+    raw.close()
+    alice.expect_roster_push("zoe@localhost", pred=lambda i: i.get("subscription") == "both")
+    alice.expect_message(frm="localhost", body="zoe@localhost joined via your invite. Say hello!")
+    zoe = srv.client("zoe", password="zoe-password-1")
+    assert roster_sub(zoe, "alice@localhost") == "both"
+    zoe.expect_presence(frm="alice@localhost")

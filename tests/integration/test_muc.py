@@ -271,14 +271,15 @@ class RawOccupant:
     def __init__(self, reader, writer):
         self.reader, self.writer, self.buf = reader, writer, b""
 
-    async def read_until(self, marker: bytes, timeout: float = 60):
+    async def read_until(self, *markers: bytes, timeout: float = 60):
+        """Reads until one of `markers` arrives; returns everything up to and including it."""
         deadline = time.monotonic() + timeout
-        while marker not in self.buf:
+        while not any(m in self.buf for m in markers):
             chunk = await asyncio.wait_for(self.reader.read(65536), max(0.01, deadline - time.monotonic()))
             if not chunk:
-                raise ConnectionError(f"closed while waiting for {marker!r}: {self.buf[-300:]!r}")
+                raise ConnectionError(f"closed while waiting for {markers!r}: {self.buf[-300:]!r}")
             self.buf += chunk
-        i = self.buf.index(marker) + len(marker)
+        i = min(self.buf.index(m) + len(m) for m in markers if m in self.buf)
         head, self.buf = self.buf[:i], self.buf[i:]
         return head
 
@@ -314,14 +315,17 @@ async def raw_login_and_join(port, user, password, resource, room, nick):
     writer.write(f"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>".encode())
     await c.read_until(b"</iq>")
     writer.write(f"<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>".encode())
-    await c.read_until(b"</subject>")
+    # The subject ends a join (XEP-0045 §7.2.15), empty or not.
+    await c.read_until(b"</subject>", b"<subject/>")
     c.buf = b""
     return c
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_large_fanout_channel_with_10000_occupants_delivers_every_message(server):
-    """LARGE FAN-OUT (bounded: the whole test must finish within 120 s of joining). 10,000 occupants
+    """LARGE FAN-OUT, SLOW, BOUNDED: joins must finish within 120 s and delivery within 50 s (whole test
+    at most 180 s; ~30 s measured on 2 busy vCPUs). 10,000 occupants
     (50 accounts x 200 resources, raw sockets) join a channel; the owner posts 5 messages and every
     occupant receives every one of them. Prints joins/s and deliveries/s."""
     users = {f"u{i}": "pw-fanout" for i in range(FANOUT_ACCOUNTS)}
@@ -349,7 +353,7 @@ def test_large_fanout_channel_with_10000_occupants_delivers_every_message(server
         t_join = time.monotonic() - t0
         return occ, t_join
 
-    occupants, t_join = run(main(), timeout=240)
+    occupants, t_join = run(main(), timeout=120)
     assert len(occupants) == FANOUT_ACCOUNTS * FANOUT_PER_ACCOUNT
     t_start = time.monotonic()
     for k in range(FANOUT_MESSAGES):
@@ -358,10 +362,10 @@ def test_large_fanout_channel_with_10000_occupants_delivers_every_message(server
     async def receive_all():
         async def drain(c):
             for k in range(FANOUT_MESSAGES):
-                await c.read_until(f"fan-{k}</body>".encode(), timeout=110)
+                await c.read_until(f"fan-{k}</body>".encode(), timeout=45)
         await asyncio.gather(*(drain(c) for c in occupants))
 
-    run(receive_all(), timeout=120)
+    run(receive_all(), timeout=50)
     elapsed = time.monotonic() - t_start
     deliveries = len(occupants) * FANOUT_MESSAGES
     print(f"\nfan-out: {len(occupants)} joined in {t_join:.1f}s ({len(occupants) / t_join:.0f} joins/s); "

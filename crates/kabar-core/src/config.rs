@@ -39,6 +39,8 @@ pub struct Config {
     pub muc: MucConfig,
     /// Which database holds accounts, rosters, offline messages and archives (docs/STORAGE.md).
     pub storage: StorageConfig,
+    /// Several nodes over NATS sharing one PostgreSQL database (docs/CLUSTER.md).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             monitor: crate::monitor_config::MonitorSection::default(),
             muc: MucConfig::default(),
             storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -520,6 +523,39 @@ impl Default for StorageConfig {
             pool_size: 16,
             schema: None,
             connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[cluster]`: this node's part in a cluster (docs/CLUSTER.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// NATS server(s), comma-separated (`nats://user:password@host:4222`). The `KABAR_NATS_URL`
+    /// environment variable overrides it.
+    pub nats_url: String,
+    /// This node's name, unique in the cluster; letters, digits, `-` and `_` (it is a NATS subject
+    /// token). Default: the host name plus a random suffix, so a restarted node is a new node.
+    pub node: Option<String>,
+    /// Seconds between this node's heartbeats (each carries the snapshot of its sessions).
+    pub heartbeat_secs: u64,
+    /// Seconds after a node's last heartbeat before the others forget its sessions.
+    pub lease_secs: u64,
+    /// Milliseconds a node waits for another to confirm it took a stanza before rerouting it
+    /// (another session, or offline storage).
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            node: None,
+            heartbeat_secs: 2,
+            lease_secs: 10,
+            delivery_timeout_ms: 3000,
         }
     }
 }

@@ -376,6 +376,7 @@ impl StatusHub {
     }
 
     /// Records one probe run.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_probe(
         &self,
         service: &str,

@@ -368,3 +368,41 @@ async fn xep0401_deleting_the_inviter_revokes_their_invites() {
     let inv = invite::find(&h.server.store, &created.token).await.expect("find").expect("exists");
     assert_eq!(inv.status(unix_now()), Status::Revoked);
 }
+
+#[tokio::test]
+async fn xep0401_5_4_create_account_command_asks_for_a_username_and_answers_a_register_uri_for_admins() {
+    let mut config = Config::default();
+    config.invites.admins = vec!["root@localhost".into()];
+    let h = harness_with(config).await;
+    let mut root = h.login("root@localhost/shell").await;
+    h.send("root@localhost/shell", command(invite::NODE_CREATE_ACCOUNT)).await;
+    let got = recv_all(&mut root);
+    let reply = got.iter().find(|s| s.attr("id") == Some("cmd")).expect("answer");
+    let cmd = reply.get_child("command", NS_COMMANDS).expect("command");
+    assert_eq!(cmd.attr("status"), Some("executing"), "{reply:?}");
+    let form = cmd.get_child("x", NS_DATA).expect("form");
+    assert!(form.children().any(|f| f.attr("var") == Some("username")));
+    let submit =
+        elem("iq", NS_CLIENT).with_attr("type", "set").with_attr("id", "cmd2").with_attr("to", "localhost").with_child(
+            elem("command", NS_COMMANDS)
+                .with_attr("node", invite::NODE_CREATE_ACCOUNT)
+                .with_attr("action", "complete")
+                .with_child(
+                    elem("x", NS_DATA).with_attr("type", "submit").with_child(
+                        elem("field", NS_DATA)
+                            .with_attr("var", "username")
+                            .with_child(elem("value", NS_DATA).with_text("Kim")),
+                    ),
+                ),
+        );
+    h.send("root@localhost/shell", submit).await;
+    let got = recv_all(&mut root);
+    let reply = got.iter().find(|s| s.attr("id") == Some("cmd2")).expect("answer");
+    let cmd = reply.get_child("command", NS_COMMANDS).expect("command");
+    assert_eq!(cmd.attr("status"), Some("completed"), "{reply:?}");
+    let uri = field(cmd.get_child("x", NS_DATA).expect("result"), "uri").expect("uri");
+    assert!(uri.starts_with("xmpp:kim@localhost?register;preauth="), "{uri}");
+    let token = uri.rsplit('=').next().expect("token");
+    let inv = invite::find(&h.server.store, token).await.expect("find").expect("stored");
+    assert_eq!((inv.inviter, inv.username.as_deref(), inv.roster), (None, Some("kim"), false));
+}

@@ -111,7 +111,7 @@ async fn attempt_once(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| not_after_unix(c.as_ref()))
-                .map(|t| days_left(t));
+                .map(days_left);
             if let Some(d) = days {
                 if entry.min_cert_days > 0 && d < entry.min_cert_days as i64 {
                     return Err(format!("certificate expires in {d} days"));

@@ -223,8 +223,7 @@ async fn connection(
                 }
                 buf.extend_from_slice(&chunk[..n]);
                 // Parse every complete response in the buffer.
-                loop {
-                    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+                while let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "bad head")?;
                     let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("bad status")?;
                     let len: usize = head

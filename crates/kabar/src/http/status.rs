@@ -867,7 +867,7 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
         h.push_str("<div><h3>Most reported problems (last hour)</h3><table>");
         let mut problems: Vec<(ProblemType, u64)> =
             ProblemType::ALL.iter().map(|p| (*p, st.problems_last_hour[p.index()])).collect();
-        problems.sort_by(|a, b| b.1.cmp(&a.1));
+        problems.sort_by_key(|p| std::cmp::Reverse(p.1));
         for (p, n) in problems {
             let pct = if total > 0 { n as f64 * 100.0 / total as f64 } else { 0.0 };
             let _ = write!(
