@@ -65,10 +65,10 @@ window.converse.plugins.add('kabar', {
 
 window.converse.initialize({
   whitelisted_plugins: ['kabar'],
-  // OMEMO keeps its keys in PEP (XEP-0163), which kabar does not offer; enabled, the plugin only
-  // fails its device-list queries (console errors) and offers an encryption toggle that cannot work.
-  blacklisted_plugins: ['converse-omemo', 'converse-omemo-views'],
   assets_path: cfg.assets_path,
+  // The add-contact dialog would fetch a list of public XMPP providers from data.xmpp.net: no
+  // third-party requests from a self-hosted server's page (privacy, and it works offline).
+  autocomplete_providers_url: null,
   websocket_url: transport === 'bosh' ? undefined : websocketUrl,
   bosh_service_url: transport === 'websocket' ? undefined : boshUrl,
   discover_connection_methods: false,

@@ -385,6 +385,35 @@ def test_xmpp_probes_log_in_and_round_trip_a_message_through_kabar_itself(server
     assert b'class="chart latency-chart"' in page
 
 
+def test_http_dns_and_tls_probes_report_status_keyword_and_certificate_days(server):
+    """HTTP probe of the server's own /healthz (status and keyword), one with a keyword that is not
+    there (fails), a DNS probe of localhost, a TLS probe of the direct-TLS port (certificate days
+    reported, kabar's own CA trusted) and one demanding more certificate days than it has (fails)."""
+    srv = server(start=False)
+    base = {"interval_secs": 1, "timeout_secs": 5, "retries": 0}
+    srv.config["monitor"] = {"minute_secs": 1, "tick_secs": 1, "service": [{"name": "web", "probe": [
+        dict(base, name="health", kind="http", target=f"https://localhost:{srv.http_port}/healthz", keyword="ok"),
+        dict(base, name="keyword", kind="http", target=f"https://localhost:{srv.http_port}/healthz", keyword="nope"),
+        dict(base, name="status", kind="http", target=f"https://localhost:{srv.http_port}/no-such-page"),
+        dict(base, name="dns", kind="dns", target="localhost"),
+        dict(base, name="tls", kind="tls", target=f"127.0.0.1:{srv.tls_port}", server_name="localhost"),
+        dict(base, name="tls-expiring", kind="tls", target=f"127.0.0.1:{srv.tls_port}", server_name="localhost",
+             min_cert_days=10_000_000),
+    ]}]}
+    from harness import to_toml
+    srv.config_path.write_text(to_toml(srv.config))
+    srv.start()
+    names = {"health", "keyword", "status", "dns", "tls", "tls-expiring"}
+    p = wait_for(lambda: (lambda p: p if names <= set(p) else None)(component(srv, "web")["kabar"]["probes"]),
+                 "six probe results")
+    assert p["health"]["ok"] and p["health"]["detail"] == "HTTP 200", p["health"]
+    assert not p["keyword"]["ok"] and "keyword not found" in p["keyword"]["detail"], p["keyword"]
+    assert not p["status"]["ok"] and p["status"]["detail"] == "HTTP 404", p["status"]
+    assert p["dns"]["ok"] and p["dns"]["detail"].endswith("addresses"), p["dns"]
+    assert p["tls"]["ok"] and p["tls"]["cert_days"] > 0, p["tls"]
+    assert not p["tls-expiring"]["ok"] and "certificate expires in" in p["tls-expiring"]["detail"], p["tls-expiring"]
+
+
 @pytest.mark.timeout(120)
 def test_state_change_alerts_reach_subscribed_accounts_and_webhooks(server):
     """alice subscribes with the XEP-0050 command, bob by chatting with the bot; a webhook is

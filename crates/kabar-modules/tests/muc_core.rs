@@ -844,3 +844,54 @@ async fn channel_fanout_to_10000_sessions_reaches_every_queue() {
         200_000.0 / posting.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn xep0045_7_13_voice_request_reaches_moderators_and_approval_grants_voice() {
+    let server = server();
+    let mut alice = create_room(&server, "askvoice", &[("muc#roomconfig_moderatedroom", "1")]).await;
+    let (mut bob, _) = join(&server, "bob", "askvoice", "bob").await;
+    alice.stanzas();
+    let request = elem("message", CLIENT).with_attr("to", "askvoice@conference.localhost").with_child(
+        elem("x", DATA)
+            .with_attr("type", "submit")
+            .with_child(
+                elem("field", DATA)
+                    .with_attr("var", "FORM_TYPE")
+                    .with_child(elem("value", DATA).with_text("http://jabber.org/protocol/muc#request")),
+            )
+            .with_child(
+                elem("field", DATA)
+                    .with_attr("var", "muc#role")
+                    .with_child(elem("value", DATA).with_text("participant")),
+            ),
+    );
+    bob.send(&server, request).await;
+    let got = alice.stanzas();
+    let form = got.iter().find_map(|s| s.get_child("x", DATA).cloned()).expect("the request reaches the moderator");
+    let nick = form
+        .children()
+        .find(|f| f.attr("var") == Some("muc#roomnick"))
+        .and_then(|f| f.get_child("value", DATA))
+        .map(|v| v.text());
+    assert_eq!(nick.as_deref(), Some("bob"));
+    let approve = elem("message", CLIENT).with_attr("to", "askvoice@conference.localhost").with_child(
+        elem("x", DATA)
+            .with_attr("type", "submit")
+            .with_child(
+                elem("field", DATA)
+                    .with_attr("var", "FORM_TYPE")
+                    .with_child(elem("value", DATA).with_text("http://jabber.org/protocol/muc#request")),
+            )
+            .with_child(
+                elem("field", DATA).with_attr("var", "muc#roomnick").with_child(elem("value", DATA).with_text("bob")),
+            )
+            .with_child(
+                elem("field", DATA)
+                    .with_attr("var", "muc#request_allow")
+                    .with_child(elem("value", DATA).with_text("true")),
+            ),
+    );
+    alice.send(&server, approve).await;
+    let got = bob.stanzas();
+    assert_eq!(item_attr(presences(&got)[0], "role").as_deref(), Some("participant"));
+}

@@ -255,11 +255,21 @@ async fn serve(common: Common) -> Result<()> {
     let store = storage::open_store(&config).await?;
     let tls = Arc::new(tls::Tls::load(&config, &config.data_dir)?);
     let config = Arc::new(config);
-    let mut builder = Server::builder(config.clone(), store, Arc::new(LocalSessions::new()));
+    // Clustering (docs/CLUSTER.md): the cluster directory replaces the local one; checked before
+    // anything listens, so a misconfigured node refuses to start.
+    let cluster = if config.cluster.enabled { Some(kabar_cluster::ClusterDirectory::new(&config)?) } else { None };
+    let sessions: kabar_core::sessions::SharedDirectory = match &cluster {
+        Some(dir) => dir.clone(),
+        None => Arc::new(LocalSessions::new()),
+    };
+    let mut builder = Server::builder(config.clone(), store, sessions);
     for m in kabar_modules::default_modules(&config) {
         builder = builder.module(m);
     }
     let server = builder.build().map_err(anyhow::Error::msg)?;
+    if let Some(dir) = &cluster {
+        dir.start(&server).await?;
+    }
 
     let starttls = bind_all(&config.c2s.listen, "client connections (STARTTLS)").await?;
     let direct = bind_all(&config.c2s.direct_tls_listen, "client connections (direct TLS)").await?;
@@ -310,6 +320,9 @@ async fn serve(common: Common) -> Result<()> {
     shutdown_signal().await;
     info!("shutting down");
     tasks.abort_all();
+    if let Some(dir) = &cluster {
+        dir.leave().await;
+    }
     server.shutdown();
     // Give sessions a moment to write their closing stream errors and record presence.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);

@@ -523,6 +523,9 @@ impl MucModule {
                 return self.decline(ctx, &room, from, stanza, decline);
             }
         }
+        if let Some(form) = stanza.get_child("x", NS_DATA).filter(|f| form_type(f).as_deref() == Some(FORM_REQUEST)) {
+            return self.voice_request(ctx, &mut room, from, stanza, form).await;
+        }
         ctx.error(
             stanza,
             StanzaError::not_acceptable()
@@ -1130,6 +1133,81 @@ impl MucModule {
             for s in ctx.deferred {
                 server.route(s).await;
             }
+        }
+    }
+}
+
+/// XEP-0045 §7.13 / §8.6 voice request form type.
+pub const FORM_REQUEST: &str = "http://jabber.org/protocol/muc#request";
+
+fn form_type(x: &Element) -> Option<String> {
+    x.children()
+        .find(|f| f.is("field", NS_DATA) && f.attr("var") == Some("FORM_TYPE"))
+        .and_then(|f| f.get_child("value", NS_DATA))
+        .map(|v| v.text().trim().to_string())
+}
+
+fn form_value(x: &Element, var: &str) -> Option<String> {
+    x.children()
+        .find(|f| f.is("field", NS_DATA) && f.attr("var") == Some(var))
+        .and_then(|f| f.get_child("value", NS_DATA))
+        .map(|v| v.text().trim().to_string())
+}
+
+impl MucModule {
+    /// §7.13: a visitor asks for voice (the form goes to every moderator, with its nick and JID);
+    /// §8.6: a moderator submits the form back with `muc#request_allow` true to grant it.
+    async fn voice_request(&self, ctx: &mut Ctx<'_>, room: &mut Room, from: &Jid, stanza: &Element, form: &Element) {
+        let Some(sender) = from.try_as_full().ok().and_then(|f| room.occupant_by_jid(f)) else {
+            return ctx.error(stanza, StanzaError::not_acceptable().with_text("you are not in this room"));
+        };
+        if sender.role == Role::Moderator {
+            if let Some(allow) = form_value(form, "muc#request_allow") {
+                let nick = form_value(form, "muc#roomnick").unwrap_or_default();
+                let actor = sender.nick.clone();
+                let target = room.occupants.get(&nick).map(|o| o.role);
+                if config::parse_bool(&allow) == Some(true) && target == Some(Role::Visitor) {
+                    room.set_role(ctx, &nick, Role::Participant, Some(&actor), None).await;
+                }
+                return;
+            }
+        }
+        if sender.role != Role::Visitor {
+            return ctx.error(stanza, StanzaError::not_acceptable().with_text("you already have voice"));
+        }
+        let (nick, jid) = (sender.nick.clone(), sender.jids.first().map(|j| j.to_string()).unwrap_or_default());
+        let approval = elem("x", NS_DATA)
+            .with_attr("type", "form")
+            .with_child(elem("title", NS_DATA).with_text("Voice request"))
+            .with_child(config::hidden("FORM_TYPE", FORM_REQUEST))
+            .with_child(config::hidden("muc#role", "participant"))
+            .with_child(
+                elem("field", NS_DATA)
+                    .with_attr("var", "muc#jid")
+                    .with_attr("type", "jid-single")
+                    .with_child(elem("value", NS_DATA).with_text(jid)),
+            )
+            .with_child(
+                elem("field", NS_DATA)
+                    .with_attr("var", "muc#roomnick")
+                    .with_attr("type", "text-single")
+                    .with_child(elem("value", NS_DATA).with_text(nick)),
+            )
+            .with_child(
+                elem("field", NS_DATA)
+                    .with_attr("var", "muc#request_allow")
+                    .with_attr("type", "boolean")
+                    .with_attr("label", "Grant voice?")
+                    .with_child(elem("value", NS_DATA).with_text("false")),
+            );
+        let m = elem("message", ns::CLIENT)
+            .with_attr("from", room.jid.as_str())
+            .with_attr("id", new_id())
+            .with_child(approval);
+        let moderators: Vec<FullJid> =
+            room.moderators.iter().filter_map(|n| room.occupants.get(n)).flat_map(|o| o.jids.iter().cloned()).collect();
+        for j in moderators {
+            ctx.send(&j, m.clone()).await;
         }
     }
 }

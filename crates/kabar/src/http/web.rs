@@ -19,10 +19,10 @@ pub struct Asset {
 
 include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 
-/// Scripts only from this origin (no WebAssembly: OMEMO, its only user, is disabled in kabar-web.js);
-/// no plugins, no `<base>`, no framing. Images, media and connections stay open: Converse shows
+/// Scripts only from this origin, plus WebAssembly compilation ('wasm-unsafe-eval' allows no JavaScript
+/// eval) for OMEMO's curve25519 module; no plugins, no `<base>`, no framing. Images, media and connections stay open: Converse shows
 /// avatars, link previews and uploads from other origins.
-const CSP: &str = "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+const CSP: &str = "script-src 'self' 'wasm-unsafe-eval'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// `GET /`: the client page.
 pub async fn index(State(state): State<HttpState>) -> Response {
