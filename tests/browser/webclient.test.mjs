@@ -12,8 +12,9 @@ import zlib from 'node:zlib';
 import { after, before, test } from 'node:test';
 import { ARTIFACTS, Person, launch } from './lib/browser.mjs';
 import { Kabar, RawClient } from './lib/kabar.mjs';
+import { Profanity } from './lib/profanity.mjs';
 
-const PASSWORDS = { alice: 'alice-secret-1', bob: 'bob-secret-22', carol: 'carol-secret-333' };
+const PASSWORDS = { alice: 'alice-secret-1', bob: 'bob-secret-22', carol: 'carol-secret-333', erin: 'erin-secret-55555' };
 const STEP_MS = 90_000;
 
 /**
@@ -226,6 +227,24 @@ step('a WebSocket session (browser) and a TCP session (direct TLS) talk to each 
   } finally {
     fs.writeFileSync(path.join(ARTIFACTS, 'carol-tcp.log'), carol.transcript.join('\n'));
     carol.close();
+  }
+});
+
+step('a browser user and a profanity user (Debian\'s terminal client, STARTTLS) chat both ways', async () => {
+  const erin = new Profanity(kabar, 'erin', PASSWORDS.erin);
+  try {
+    await erin.login();
+    erin.type('/msg alice@localhost Hello from profanity in a terminal');
+    const unread = alice.page.locator('#converse-roster li.list-item:has(a.open-chat.unread-msgs[data-jid="erin@localhost"])').first();
+    await unread.waitFor();
+    await unread.locator('a.open-chat').click();
+    await alice.seeMessage('erin@localhost', 'Hello from profanity in a terminal');
+    await alice.send('erin@localhost', 'The browser answers the terminal');
+    await erin.waitFor(/The browser answers the terminal/);
+    await alice.screenshot('13b-alice-chat-with-profanity');
+  } finally {
+    fs.writeFileSync(path.join(ARTIFACTS, 'profanity-screen.txt'), (() => { try { return erin.screen(); } catch { return ''; } })());
+    erin.close();
   }
 });
 

@@ -515,7 +515,8 @@ impl ClusterDirectory {
     /// as this node sees the cluster) ends them as their own node would have, so contacts get
     /// unavailable presence once (RFC 6121 §4.5.2) and last activity is recorded.
     fn closed_elsewhere(&self, gone: Vec<SessionInfo>) {
-        if gone.is_empty() {
+        // Cut off from NATS ourselves, we cannot tell a dead node from our own outage.
+        if gone.is_empty() || !self.is_connected() {
             return;
         }
         let first = self.remote_read().nodes.keys().all(|n| n.as_str() > self.node.as_str());
