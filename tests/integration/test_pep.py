@@ -236,6 +236,21 @@ def test_xep0398_vcard_photo_becomes_the_pep_avatar(kabar):
     assert base64.b64decode("".join(value.split())) == PNG
 
 
+def test_xep0398_4_available_presence_carries_the_avatar_hash_the_server_stamped(kabar):
+    """XEP-0398 §4: after a vCard photo is converted, the server writes the avatar's SHA-1 into the
+    owner's available presence (vcard-temp:x:update), replacing a stale hash the client sent, so
+    contacts using XEP-0153 fetch the new avatar."""
+    alice = kabar.client("alice")
+    bob = kabar.client("bob")
+    make_mutual(alice, bob)
+    alice.iq_ok("set", f"<vCard xmlns='{VCARD}'><PHOTO><TYPE>image/png</TYPE>"
+                       f"<BINVAL>{base64.b64encode(PNG).decode()}</BINVAL></PHOTO></vCard>")
+    alice.send("<presence><x xmlns='vcard-temp:x:update'><photo>0000stale</photo></x></presence>")
+    seen = bob.expect_presence(frm="alice@localhost", type=None)
+    photos = [p.text for p in seen.xml.iter("{vcard-temp:x:update}photo")]
+    assert photos == [hashlib.sha1(PNG).hexdigest()], seen
+
+
 def test_xep0172_nickname_is_a_pep_node_contacts_are_notified_of(kabar):
     """XEP-0172 §4.1 over XEP-0163: a nickname published with slixmpp's XEP-0172 plugin reaches a
     contact interested in http://jabber.org/protocol/nick+notify."""

@@ -105,17 +105,45 @@ impl WireSession {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum StateMsg {
-    Hello { node: String, inc: String },
-    Snapshot { node: String, inc: String, seq: u64, last: bool, sessions: Vec<WireSession> },
-    Up { node: String, inc: String, session: WireSession },
-    Down { node: String, inc: String, jid: String },
-    Bye { node: String, inc: String },
+    Hello {
+        node: String,
+        inc: String,
+    },
+    Snapshot {
+        node: String,
+        inc: String,
+        seq: u64,
+        last: bool,
+        sessions: Vec<WireSession>,
+    },
+    Up {
+        node: String,
+        inc: String,
+        session: WireSession,
+    },
+    Down {
+        node: String,
+        inc: String,
+        jid: String,
+    },
+    Bye {
+        node: String,
+        inc: String,
+    },
 }
 
 enum Out {
     State(StateMsg),
-    Deliver { node: String, to: FullJid, stanza: Element },
-    Close { node: String, to: FullJid, condition: &'static str },
+    Deliver {
+        node: String,
+        to: FullJid,
+        stanza: Element,
+    },
+    Close {
+        node: String,
+        to: FullJid,
+        condition: &'static str,
+    },
 }
 
 struct NodeState {
@@ -166,7 +194,10 @@ impl Remote {
     }
 
     fn find(&self, jid: &FullJid) -> Option<&RemoteEntry> {
-        self.by_bare.get(&jid.to_bare())?.iter().find(|e| &e.info.jid == jid && self.routable(e))
+        self.by_bare
+            .get(&jid.to_bare())?
+            .iter()
+            .find(|e| &e.info.jid == jid && self.routable(e))
     }
 
     fn remove(&mut self, jid: &FullJid, node: Option<&str>) {
@@ -184,24 +215,33 @@ impl Remote {
         // A full JID lives on one node: the latest announcement wins (a login on another node
         // replaced it).
         list.retain(|e| e.info.jid != info.jid);
-        list.push(RemoteEntry { node: node.to_string(), info, seq });
+        list.push(RemoteEntry {
+            node: node.to_string(),
+            info,
+            seq,
+        });
     }
 
     /// Learns that `node` (incarnation `inc`) is alive; forgets a previous incarnation's sessions.
     fn touch(&mut self, node: &str, inc: &str) -> u64 {
         let stale = self.nodes.get(node).is_some_and(|n| n.inc != inc);
         if stale {
-            info!(node, "cluster node restarted: forgetting its previous sessions");
+            info!(
+                node,
+                "cluster node restarted: forgetting its previous sessions"
+            );
             let gone = self.drop_node(node);
             self.stale.extend(gone);
         }
-        let state = self
-            .nodes
-            .entry(node.to_string())
-            .or_insert_with(|| {
-                info!(node, "cluster node joined");
-                NodeState { inc: inc.to_string(), last_seen: Instant::now(), seq: 0, suspect: false }
-            });
+        let state = self.nodes.entry(node.to_string()).or_insert_with(|| {
+            info!(node, "cluster node joined");
+            NodeState {
+                inc: inc.to_string(),
+                last_seen: Instant::now(),
+                seq: 0,
+                suspect: false,
+            }
+        });
         state.last_seen = Instant::now();
         state.suspect = false;
         state.seq
@@ -237,11 +277,17 @@ pub struct ClusterDirectory {
 }
 
 fn valid_node_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 fn default_node_name() -> String {
@@ -249,8 +295,17 @@ fn default_node_name() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "kabar".into());
-    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(40).collect();
-    let host = if host.is_empty() { "kabar".to_string() } else { host };
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(40)
+        .collect();
+    let host = if host.is_empty() {
+        "kabar".to_string()
+    } else {
+        host
+    };
     format!("{host}-{}", random_hex(3))
 }
 
@@ -266,7 +321,11 @@ fn static_condition(c: &str) -> &'static str {
         "resource-constraint",
         "connection-timeout",
     ];
-    KNOWN.iter().copied().find(|k| *k == c).unwrap_or("undefined-condition")
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == c)
+        .unwrap_or("undefined-condition")
 }
 
 impl ClusterDirectory {
@@ -281,7 +340,10 @@ impl ClusterDirectory {
             return Err(ClusterError::BadNodeName(node));
         }
         if c.heartbeat_secs == 0 || c.lease_secs <= c.heartbeat_secs {
-            return Err(ClusterError::BadTiming { lease: c.lease_secs, heartbeat: c.heartbeat_secs });
+            return Err(ClusterError::BadTiming {
+                lease: c.lease_secs,
+                heartbeat: c.heartbeat_secs,
+            });
         }
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(ClusterDirectory {
@@ -299,7 +361,10 @@ impl ClusterDirectory {
             heartbeat: Duration::from_secs(c.heartbeat_secs),
             lease: Duration::from_secs(c.lease_secs),
             delivery_timeout: Duration::from_millis(c.delivery_timeout_ms.max(100)),
-            nats_url: std::env::var("KABAR_NATS_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| c.nats_url.clone()),
+            nats_url: std::env::var("KABAR_NATS_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| c.nats_url.clone()),
         }))
     }
 
@@ -345,13 +410,27 @@ impl ClusterDirectory {
     fn queue_snapshot(&self) {
         let _g = self.ordered();
         let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        let all: Vec<WireSession> =
-            self.local.all().iter().filter_map(|j| self.local.get(j)).map(|i| WireSession::from_info(&i)).collect();
-        let chunks: Vec<Vec<WireSession>> =
-            if all.is_empty() { vec![Vec::new()] } else { all.chunks(SNAPSHOT_CHUNK).map(<[_]>::to_vec).collect() };
+        let all: Vec<WireSession> = self
+            .local
+            .all()
+            .iter()
+            .filter_map(|j| self.local.get(j))
+            .map(|i| WireSession::from_info(&i))
+            .collect();
+        let chunks: Vec<Vec<WireSession>> = if all.is_empty() {
+            vec![Vec::new()]
+        } else {
+            all.chunks(SNAPSHOT_CHUNK).map(<[_]>::to_vec).collect()
+        };
         let n = chunks.len();
         for (i, sessions) in chunks.into_iter().enumerate() {
-            self.emit(StateMsg::Snapshot { node: self.node.clone(), inc: self.inc.clone(), seq, last: i + 1 == n, sessions });
+            self.emit(StateMsg::Snapshot {
+                node: self.node.clone(),
+                inc: self.inc.clone(),
+                seq,
+                last: i + 1 == n,
+                sessions,
+            });
         }
     }
 
@@ -383,15 +462,25 @@ impl ClusterDirectory {
                     }
                 }
             });
-        let client = options
-            .connect(self.nats_url.as_str())
-            .await
-            .map_err(|e| ClusterError::Nats { url: self.nats_url.clone(), reason: e.to_string() })?;
+        let client =
+            options
+                .connect(self.nats_url.as_str())
+                .await
+                .map_err(|e| ClusterError::Nats {
+                    url: self.nats_url.clone(),
+                    reason: e.to_string(),
+                })?;
         let sub = |subject: String| {
             let client = client.clone();
             let url = self.nats_url.clone();
             async move {
-                client.subscribe(subject).await.map_err(|e| ClusterError::Nats { url, reason: e.to_string() })
+                client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| ClusterError::Nats {
+                        url,
+                        reason: e.to_string(),
+                    })
             }
         };
         let state = sub(STATE_SUBJECT.to_string()).await?;
@@ -412,7 +501,10 @@ impl ClusterDirectory {
     /// Tells the others this node is leaving, so they forget its sessions now rather than after
     /// the lease.
     pub async fn leave(&self) {
-        self.emit(StateMsg::Bye { node: self.node.clone(), inc: self.inc.clone() });
+        self.emit(StateMsg::Bye {
+            node: self.node.clone(),
+            inc: self.inc.clone(),
+        });
         // The publisher drains the queue in order; give it a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -443,7 +535,12 @@ impl ClusterDirectory {
                 // The newcomer catches up from everybody's snapshot at once.
                 self.queue_snapshot();
             }
-            StateMsg::Snapshot { seq, last, sessions, .. } => {
+            StateMsg::Snapshot {
+                seq,
+                last,
+                sessions,
+                ..
+            } => {
                 let mut r = self.remote_write();
                 r.touch(&node, &inc);
                 if let Some(n) = r.nodes.get_mut(&node) {
@@ -471,8 +568,15 @@ impl ClusterDirectory {
             }
             StateMsg::Down { jid, .. } => {
                 let mut r = self.remote_write();
+                // Sessions closing after a node's `bye` must not bring the node back.
+                if !r.nodes.contains_key(&node) {
+                    return;
+                }
                 r.touch(&node, &inc);
-                if let Some(full) = stanza::parse_jid(&jid).ok().and_then(|j| j.try_into_full().ok()) {
+                if let Some(full) = stanza::parse_jid(&jid)
+                    .ok()
+                    .and_then(|j| j.try_into_full().ok())
+                {
                     r.remove(&full, Some(&node));
                 }
             }
@@ -498,13 +602,17 @@ impl ClusterDirectory {
                 r.remove(to, Some(node));
             }
         }
-        let Some(server) = self.server.get().and_then(Weak::upgrade) else { return };
+        let Some(server) = self.server.get().and_then(Weak::upgrade) else {
+            return;
+        };
         let to = to.clone();
         tokio::spawn(async move {
             match stanza.name() {
                 "message" if reroutable(&stanza, &to) => server.route(stanza).await,
                 "iq" if matches!(stanza::stanza_type(&stanza), Some("get" | "set")) => {
-                    server.bounce(&stanza, StanzaError::service_unavailable()).await
+                    server
+                        .bounce(&stanza, StanzaError::service_unavailable())
+                        .await
                 }
                 _ => debug!(to = %to, "stanza for a session on a lost node dropped"),
             }
@@ -519,11 +627,17 @@ impl ClusterDirectory {
         if gone.is_empty() || !self.is_connected() {
             return;
         }
-        let first = self.remote_read().nodes.keys().all(|n| n.as_str() > self.node.as_str());
+        let first = self
+            .remote_read()
+            .nodes
+            .keys()
+            .all(|n| n.as_str() > self.node.as_str());
         if !first {
             return;
         }
-        let Some(server) = self.server.get().and_then(Weak::upgrade) else { return };
+        let Some(server) = self.server.get().and_then(Weak::upgrade) else {
+            return;
+        };
         tokio::spawn(async move {
             for s in gone {
                 server
@@ -538,7 +652,11 @@ impl ClusterDirectory {
     }
 
     fn fail_pending(&self, seq: u64, node_gone: bool) {
-        let p = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+        let p = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
         if let Some(p) = p {
             self.undeliverable(&p.node, &p.to, p.stanza, node_gone);
         }
@@ -548,7 +666,10 @@ impl ClusterDirectory {
 /// Same rule as a session that ends (session.rs): only messages someone sent to this user go back
 /// through routing, not server-made copies (carbons, archive results) or errors.
 fn reroutable(stanza: &Element, to: &FullJid) -> bool {
-    if matches!(stanza::stanza_type(stanza), Some("error" | "headline" | "groupchat")) {
+    if matches!(
+        stanza::stanza_type(stanza),
+        Some("error" | "headline" | "groupchat")
+    ) {
         return false;
     }
     match stanza::from_jid(stanza) {
@@ -564,14 +685,22 @@ impl SessionDirectory for ClusterDirectory {
             if !replace {
                 return false;
             }
-            let _ = self.out.send(Out::Close { node: node.clone(), to: jid.clone(), condition: "conflict" });
+            let _ = self.out.send(Out::Close {
+                node: node.clone(),
+                to: jid.clone(),
+                condition: "conflict",
+            });
             self.remote_write().remove(&jid, Some(&node));
         }
         if !self.local.register(jid.clone(), tx, replace) {
             return false;
         }
         if let Some(info) = self.local.get(&jid) {
-            self.emit(StateMsg::Up { node: self.node.clone(), inc: self.inc.clone(), session: WireSession::from_info(&info) });
+            self.emit(StateMsg::Up {
+                node: self.node.clone(),
+                inc: self.inc.clone(),
+                session: WireSession::from_info(&info),
+            });
         }
         true
     }
@@ -580,7 +709,11 @@ impl SessionDirectory for ClusterDirectory {
         let _g = self.ordered();
         let info = self.local.unregister(jid, tx)?;
         if self.local.get(jid).is_none() {
-            self.emit(StateMsg::Down { node: self.node.clone(), inc: self.inc.clone(), jid: jid.to_string() });
+            self.emit(StateMsg::Down {
+                node: self.node.clone(),
+                inc: self.inc.clone(),
+                jid: jid.to_string(),
+            });
         }
         Some(info)
     }
@@ -613,13 +746,22 @@ impl SessionDirectory for ClusterDirectory {
     fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionInfo)) {
         let _g = self.ordered();
         // Only this node changes its own sessions; other nodes' entries change by their events.
-        let Some(before) = self.local.get(jid) else { return };
+        let Some(before) = self.local.get(jid) else {
+            return;
+        };
         self.local.update(jid, f);
         if let Some(after) = self.local.get(jid) {
-            let (b, a) = (WireSession::from_info(&before), WireSession::from_info(&after));
+            let (b, a) = (
+                WireSession::from_info(&before),
+                WireSession::from_info(&after),
+            );
             let changed = serde_json::to_string(&b).ok() != serde_json::to_string(&a).ok();
             if changed {
-                self.emit(StateMsg::Up { node: self.node.clone(), inc: self.inc.clone(), session: a });
+                self.emit(StateMsg::Up {
+                    node: self.node.clone(),
+                    inc: self.inc.clone(),
+                    session: a,
+                });
             }
         }
     }
@@ -628,10 +770,20 @@ impl SessionDirectory for ClusterDirectory {
         if self.local.get(jid).is_some() {
             return self.local.send(jid, item);
         }
-        let Some(node) = self.remote_node_of(jid) else { return Err(SendError::NoSession) };
+        let Some(node) = self.remote_node_of(jid) else {
+            return Err(SendError::NoSession);
+        };
         let out = match item {
-            Outbound::Stanza(stanza) => Out::Deliver { node, to: jid.clone(), stanza },
-            Outbound::Close { condition, .. } => Out::Close { node, to: jid.clone(), condition },
+            Outbound::Stanza(stanza) => Out::Deliver {
+                node,
+                to: jid.clone(),
+                stanza,
+            },
+            Outbound::Close { condition, .. } => Out::Close {
+                node,
+                to: jid.clone(),
+                condition,
+            },
         };
         self.out.send(out).map_err(|_| SendError::NoSession)
     }
@@ -651,7 +803,11 @@ impl SessionDirectory for ClusterDirectory {
 }
 
 /// Publishes in queue order, so stanzas from one node to one session arrive in the order routed.
-async fn publisher(dir: Arc<ClusterDirectory>, client: Client, mut rx: mpsc::UnboundedReceiver<Out>) {
+async fn publisher(
+    dir: Arc<ClusterDirectory>,
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+) {
     let mut seq: u64 = 0;
     while let Some(item) = rx.recv().await {
         let connected = dir.is_connected();
@@ -690,22 +846,43 @@ async fn publisher(dir: Arc<ClusterDirectory>, client: Client, mut rx: mpsc::Unb
                 dir.pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(seq, Pending { node: node.clone(), to, stanza, deadline });
+                    .insert(
+                        seq,
+                        Pending {
+                            node: node.clone(),
+                            to,
+                            stanza,
+                            deadline,
+                        },
+                    );
                 let subject = format!("kabar.node.{node}");
                 let reply = format!("kabar.ack.{}.{seq}", dir.node);
-                if let Err(e) = client.publish_with_reply_and_headers(subject, reply, headers, body.into()).await {
+                if let Err(e) = client
+                    .publish_with_reply_and_headers(subject, reply, headers, body.into())
+                    .await
+                {
                     debug!(error = %e, "cluster: stanza publish failed");
                     dir.fail_pending(seq, false);
                 }
             }
-            Out::Close { node, to, condition } => {
+            Out::Close {
+                node,
+                to,
+                condition,
+            } => {
                 if !connected {
                     continue;
                 }
                 let mut headers = HeaderMap::new();
                 headers.insert(HEADER_TO, to.to_string().as_str());
                 headers.insert(HEADER_CLOSE, condition);
-                let _ = client.publish_with_headers(format!("kabar.node.{node}"), headers, bytes::Bytes::new()).await;
+                let _ = client
+                    .publish_with_headers(
+                        format!("kabar.node.{node}"),
+                        headers,
+                        bytes::Bytes::new(),
+                    )
+                    .await;
             }
         }
     }
@@ -734,12 +911,24 @@ async fn inbox_loop(dir: Arc<ClusterDirectory>, client: Client, mut sub: async_n
             debug!("cluster: stanza without a valid Kabar-To ignored");
             continue;
         };
-        let close = msg.headers.as_ref().and_then(|h| h.get(HEADER_CLOSE)).map(|v| static_condition(v.as_str()));
+        let close = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_CLOSE))
+            .map(|v| static_condition(v.as_str()));
         let answer = if let Some(condition) = close {
-            let _ = dir.local.send(&to, Outbound::Close { condition, text: None });
+            let _ = dir.local.send(
+                &to,
+                Outbound::Close {
+                    condition,
+                    text: None,
+                },
+            );
             None
         } else {
-            let parsed = std::str::from_utf8(&msg.payload).ok().and_then(|s| s.parse::<Element>().ok());
+            let parsed = std::str::from_utf8(&msg.payload)
+                .ok()
+                .and_then(|s| s.parse::<Element>().ok());
             match parsed {
                 None => {
                     warn!(to = %to, "cluster: unparsable stanza from another node dropped");
@@ -750,27 +939,45 @@ async fn inbox_loop(dir: Arc<ClusterDirectory>, client: Client, mut sub: async_n
                     Err(SendError::NoSession) => Some("gone"),
                     Err(SendError::QueueFull) => {
                         warn!(to = %to, "session queue full; closing it as too slow");
-                        let _ = dir.local.send(&to, Outbound::Close { condition: "policy-violation", text: None });
+                        let _ = dir.local.send(
+                            &to,
+                            Outbound::Close {
+                                condition: "policy-violation",
+                                text: None,
+                            },
+                        );
                         Some("gone")
                     }
                 },
             }
         };
         if let (Some(answer), Some(reply)) = (answer, msg.reply) {
-            let _ = client.publish(reply, bytes::Bytes::from_static(answer.as_bytes())).await;
+            let _ = client
+                .publish(reply, bytes::Bytes::from_static(answer.as_bytes()))
+                .await;
         }
     }
 }
 
 async fn ack_loop(dir: Arc<ClusterDirectory>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
-        let Some(seq) = msg.subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok()) else { continue };
+        let Some(seq) = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
         if msg.status == Some(StatusCode::NO_RESPONDERS) {
             dir.fail_pending(seq, true);
         } else if &msg.payload[..] == b"gone" {
             dir.fail_pending(seq, false);
         } else {
-            dir.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+            dir.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
         }
     }
 }
@@ -834,19 +1041,28 @@ mod tests {
     fn cluster_refuses_the_embedded_store() {
         let mut config = kabar_core::config::Config::default();
         config.cluster.enabled = true;
-        assert!(matches!(ClusterDirectory::new(&config), Err(ClusterError::NeedsSharedStorage)));
+        assert!(matches!(
+            ClusterDirectory::new(&config),
+            Err(ClusterError::NeedsSharedStorage)
+        ));
         config.storage.backend = kabar_core::config::StorageBackend::Postgres;
         config.cluster.node = Some("a.b".into());
-        assert!(matches!(ClusterDirectory::new(&config), Err(ClusterError::BadNodeName(_))));
+        assert!(matches!(
+            ClusterDirectory::new(&config),
+            Err(ClusterError::BadNodeName(_))
+        ));
     }
 
     #[test]
     fn wire_session_keeps_presence_and_routing_state() {
-        let jid = stanza::parse_jid("a@example.org/r").ok().and_then(|j| j.try_into_full().ok());
+        let jid = stanza::parse_jid("a@example.org/r")
+            .ok()
+            .and_then(|j| j.try_into_full().ok());
         let Some(jid) = jid else { panic!("test JID") };
-        let presence: Element = "<presence xmlns='jabber:client'><show>away</show><x xmlns='urn:x'/></presence>"
-            .parse()
-            .unwrap_or_else(|_| panic!("test presence"));
+        let presence: Element =
+            "<presence xmlns='jabber:client'><show>away</show><x xmlns='urn:x'/></presence>"
+                .parse()
+                .unwrap_or_else(|_| panic!("test presence"));
         let info = SessionInfo {
             jid: jid.clone(),
             available: true,
@@ -859,7 +1075,9 @@ mod tests {
         };
         let json = serde_json::to_string(&WireSession::from_info(&info)).unwrap_or_default();
         let back: WireSession = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
-        let Some(back) = back.into_info() else { panic!("round trip lost the session") };
+        let Some(back) = back.into_info() else {
+            panic!("round trip lost the session")
+        };
         assert_eq!(back.jid, jid);
         assert!(back.available && back.interested && back.inactive && !back.detached);
         assert_eq!(back.priority, -3);

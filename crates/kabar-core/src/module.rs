@@ -132,6 +132,10 @@ pub trait Module: std::any::Any + Send + Sync + 'static {
     async fn bind2_enable(&self, _server: &Server, _jid: &FullJid, _request: &Element) -> Option<Element> {
         None
     }
+    /// A presence stanza a local session sent, after filtering and before the presence module
+    /// broadcasts or routes it. Modules may add to it (e.g. XEP-0398's avatar hash); every module
+    /// sees it, in registration order.
+    async fn outbound_presence(&self, _server: &Server, _from: &FullJid, _stanza: &mut Element) {}
     /// A message a local session sent, after filtering and before routing. Modules may archive it
     /// or add to it (e.g. a stanza-id); every module sees it, in registration order.
     async fn outbound_message(&self, _server: &Server, _from: &FullJid, _stanza: &mut Element) {}

@@ -230,6 +230,9 @@ impl Server {
         }
         match kind {
             Kind::Presence => {
+                for m in &self.modules {
+                    m.outbound_presence(self, session, &mut stanza).await;
+                }
                 if let Flow::Continue = self.fire(Event::OutboundPresence { from: session, stanza: &stanza }).await {
                     if to.is_some() {
                         self.route(stanza).await;

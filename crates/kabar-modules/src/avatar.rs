@@ -31,6 +31,39 @@ pub const NODE_DATA: &str = "urn:xmpp:avatar:data";
 pub const NODE_METADATA: &str = "urn:xmpp:avatar:metadata";
 /// XEP-0398 §2: advertised on the account's bare JID.
 pub const FEATURE_CONVERSION: &str = "urn:xmpp:pep-vcard-conversion:0";
+/// XEP-0153's presence element carrying the avatar hash.
+pub const NS_VCARD_UPDATE: &str = "vcard-temp:x:update";
+
+/// XEP-0398 §4: the server puts the hash of the account's current avatar into the available
+/// presence its sessions send (replacing whatever the client wrote), so contacts using vCard avatars
+/// (XEP-0153) learn of avatars published through PEP. With avatar metadata that lists no image
+/// (avatar disabled) the photo is empty; without any avatar node the presence is left as it is.
+pub async fn stamp_presence(pep: &PepModule, server: &Server, owner: &BareJid, presence: &mut Element) {
+    if presence.attr("type").is_some() {
+        return;
+    }
+    let items = match pep.node_items(server, owner, NODE_METADATA).await {
+        Ok(Some(items)) => items,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(user = %owner, error = ?e, "avatar: cannot read avatar metadata for presence");
+            return;
+        }
+    };
+    let hash = items.last().and_then(|(id, metadata)| {
+        metadata.children().any(|c| c.name() == "info" && c.ns() == NODE_METADATA).then(|| id.clone())
+    });
+    for node in presence.take_nodes() {
+        if !node.as_element().is_some_and(|c| c.is("x", NS_VCARD_UPDATE)) {
+            presence.append_node(node);
+        }
+    }
+    let photo = match hash {
+        Some(h) => elem("photo", NS_VCARD_UPDATE).with_text(h),
+        None => elem("photo", NS_VCARD_UPDATE),
+    };
+    presence.append_child(elem("x", NS_VCARD_UPDATE).with_child(photo));
+}
 
 fn strip_ws(s: &str) -> String {
     s.chars().filter(|c| !c.is_ascii_whitespace()).collect()

@@ -1758,6 +1758,10 @@ impl Module for PepModule {
         "pep"
     }
 
+    async fn outbound_presence(&self, server: &Server, from: &FullJid, stanza: &mut Element) {
+        crate::avatar::stamp_presence(self, server, &from.to_bare(), stanza).await;
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         PUBSUB_FEATURES.to_vec()
     }
