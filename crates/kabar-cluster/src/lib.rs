@@ -1053,6 +1053,121 @@ mod tests {
         ));
     }
 
+    fn directory() -> Arc<ClusterDirectory> {
+        let mut config = kabar_core::config::Config::default();
+        config.cluster.enabled = true;
+        config.cluster.node = Some("me".into());
+        config.storage.backend = kabar_core::config::StorageBackend::Postgres;
+        let dir = ClusterDirectory::new(&config).unwrap_or_else(|e| panic!("{e}"));
+        dir.connected.store(true, Ordering::Release);
+        dir
+    }
+
+    fn wire(jid: &str) -> WireSession {
+        WireSession {
+            jid: jid.into(),
+            available: true,
+            priority: 0,
+            presence: None,
+            interested: false,
+            directed_to: Vec::new(),
+            detached: false,
+            inactive: false,
+        }
+    }
+
+    fn snapshot(node: &str, inc: &str, seq: u64, jids: &[&str]) -> StateMsg {
+        StateMsg::Snapshot {
+            node: node.into(),
+            inc: inc.into(),
+            seq,
+            last: true,
+            sessions: jids.iter().map(|j| wire(j)).collect(),
+        }
+    }
+
+    fn bare(s: &str) -> BareJid {
+        stanza::parse_bare(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn names(dir: &ClusterDirectory, b: &str) -> Vec<String> {
+        let mut v: Vec<String> = dir
+            .sessions(&bare(b))
+            .iter()
+            .map(|s| s.jid.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn snapshot_heartbeat_repairs_a_missed_down_event() {
+        let dir = directory();
+        dir.on_state(snapshot("n2", "i1", 1, &["a@x/1", "a@x/2"]));
+        assert_eq!(names(&dir, "a@x"), ["a@x/1", "a@x/2"]);
+        // a@x/2's down event was lost; the next heartbeat no longer lists it.
+        dir.on_state(snapshot("n2", "i1", 2, &["a@x/1"]));
+        assert_eq!(names(&dir, "a@x"), ["a@x/1"]);
+        // An up event after a snapshot survives the next snapshot that lists it.
+        dir.on_state(StateMsg::Up {
+            node: "n2".into(),
+            inc: "i1".into(),
+            session: wire("a@x/3"),
+        });
+        dir.on_state(snapshot("n2", "i1", 3, &["a@x/1", "a@x/3"]));
+        assert_eq!(names(&dir, "a@x"), ["a@x/1", "a@x/3"]);
+        dir.on_state(StateMsg::Down {
+            node: "n2".into(),
+            inc: "i1".into(),
+            jid: "a@x/1".into(),
+        });
+        assert_eq!(names(&dir, "a@x"), ["a@x/3"]);
+    }
+
+    #[test]
+    fn restarted_node_replaces_its_previous_incarnations_sessions() {
+        let dir = directory();
+        dir.on_state(snapshot("n2", "old", 7, &["a@x/1", "b@x/1"]));
+        dir.on_state(StateMsg::Hello {
+            node: "n2".into(),
+            inc: "new".into(),
+        });
+        assert!(names(&dir, "a@x").is_empty() && names(&dir, "b@x").is_empty());
+        dir.on_state(snapshot("n2", "new", 1, &["b@x/9"]));
+        assert_eq!(names(&dir, "b@x"), ["b@x/9"]);
+    }
+
+    #[test]
+    fn unresponsive_node_is_skipped_until_heard_from_and_bye_forgets_at_once() {
+        let dir = directory();
+        dir.on_state(snapshot("n2", "i", 1, &["a@x/1"]));
+        dir.on_state(snapshot("n3", "i", 1, &["a@x/2"]));
+        let a1 = stanza::parse_jid("a@x/1")
+            .ok()
+            .and_then(|j| j.try_into_full().ok());
+        let Some(a1) = a1 else { panic!("test JID") };
+        dir.undeliverable("n2", &a1, kabar_xml::elem("message", "jabber:client"), true);
+        assert_eq!(names(&dir, "a@x"), ["a@x/2"]);
+        assert!(dir.get(&a1).is_none());
+        dir.on_state(snapshot("n2", "i", 2, &["a@x/1"]));
+        assert_eq!(names(&dir, "a@x"), ["a@x/1", "a@x/2"]);
+        dir.on_state(StateMsg::Bye {
+            node: "n3".into(),
+            inc: "i".into(),
+        });
+        assert_eq!(names(&dir, "a@x"), ["a@x/1"]);
+        // Closing sessions of a node that said bye do not bring it back.
+        dir.on_state(StateMsg::Down {
+            node: "n3".into(),
+            inc: "i".into(),
+            jid: "a@x/2".into(),
+        });
+        assert_eq!(dir.peers(), ["n2"]);
+        // Cut off from NATS, a node sees only its own sessions.
+        dir.connected.store(false, Ordering::Release);
+        assert!(names(&dir, "a@x").is_empty());
+    }
+
     #[test]
     fn wire_session_keeps_presence_and_routing_state() {
         let jid = stanza::parse_jid("a@example.org/r")

@@ -117,6 +117,23 @@ pub async fn serve(listener: TcpListener, state: HttpState, tls: Arc<Tls>) {
     }
 }
 
+/// Escapes text for HTML element content and quoted attribute values (the server-rendered pages:
+/// web client index, invite landing page, status page).
+pub(crate) fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Overload (docs/OVERLOAD.md): new work refused over HTTP is 503 with `Retry-After`.
 pub(crate) fn busy_response(refusal: &kabar_core::admission::Refusal) -> axum::response::Response {
     (
@@ -159,4 +176,12 @@ async fn host_meta_json(State(state): State<HttpState>) -> impl IntoResponse {
 fn websocket_url(public_url: &str) -> String {
     let rest = public_url.strip_prefix("https://").map(|r| format!("wss://{r}")).unwrap_or_else(|| public_url.replacen("http://", "ws://", 1));
     format!("{rest}/xmpp-websocket")
+}
+
+#[cfg(test)]
+mod escape_tests {
+    #[test]
+    fn html_escape_covers_markup_and_both_quotes() {
+        assert_eq!(super::html_escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    }
 }

@@ -593,21 +593,6 @@ async fn page(State(state): State<HttpState>) -> Response {
     response
 }
 
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn state_class(s: MonState) -> &'static str {
     match s {
         MonState::Ok => "ok",
@@ -679,7 +664,7 @@ fn axis(out: &mut String, hub: &StatusHub, end_minute: u64, max: f64, unit: &str
     let plot_h = H - PAD_B;
     let _ = write!(out, r##"<line x1="{PAD_L}" y1="{plot_h}" x2="{W}" y2="{plot_h}" stroke="#c8ccd6"/>"##);
     let _ =
-        write!(out, r##"<text x="2" y="12" font-size="10" fill="#6b7280">{}</text>"##, esc(&format!("{max:.0}{unit}")));
+        write!(out, r##"<text x="2" y="12" font-size="10" fill="#6b7280">{}</text>"##, super::html_escape(&format!("{max:.0}{unit}")));
     let _ = write!(out, r##"<text x="2" y="{}" font-size="10" fill="#6b7280">0</text>"##, plot_h);
     let start = end_minute.saturating_sub(BINS as u64 * BIN_MINUTES);
     for k in 0..=4u64 {
@@ -711,7 +696,7 @@ fn reports_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Str
     let y = |v: f64| plot_h - v / max * (plot_h - 14.0);
     let mut out = format!(
         r##"<svg class="chart reports-chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}: reports per 10 minutes over 24 hours against the expected band" xmlns="http://www.w3.org/2000/svg">"##,
-        esc(&svc.info.title)
+        super::html_escape(&svc.info.title)
     );
     // Expected band (only where the minute was judged).
     let mut top = String::new();
@@ -788,7 +773,7 @@ fn latency_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Opt
     let colors = ["#4f6bed", "#e08a00", "#18a058", "#b5179e", "#0096c7", "#6b7280"];
     let mut out = format!(
         r##"<svg class="chart latency-chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}: probe latency in milliseconds over 24 hours" xmlns="http://www.w3.org/2000/svg">"##,
-        esc(&svc.info.title)
+        super::html_escape(&svc.info.title)
     );
     for (k, name) in names.iter().enumerate() {
         let color = colors[k % colors.len()];
@@ -801,7 +786,7 @@ fn latency_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Opt
             out,
             r##"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"><title>{}</title></polyline>"##,
             pts.join(" "),
-            esc(name)
+            super::html_escape(name)
         );
         // Dots too, so a series with one bin (a new probe) is visible.
         for p in &pts {
@@ -814,7 +799,7 @@ fn latency_chart(hub: &StatusHub, svc: &ServiceSnapshot, end_minute: u64) -> Opt
             r##"<text x="{:.1}" y="{}" font-size="10" fill="{color}">{}</text>"##,
             PAD_L + 6.0 + 110.0 * k as f64,
             12,
-            esc(name)
+            super::html_escape(name)
         );
     }
     axis(&mut out, hub, end_minute, max, " ms");
@@ -830,9 +815,9 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
     let _ = write!(
         h,
         r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{t}</title><link rel="icon" href="data:,"><link rel="alternate" type="application/atom+xml" title="Incidents" href="/status/incidents.atom"><style>{STYLE}</style></head><body><header><h1>{t}</h1><div class="overall">Overall: <span class="badge {c}" id="overall-state">{s}</span> <span class="muted">updated {u} UTC</span></div></header><main>"#,
-        t = esc(title),
+        t = super::html_escape(title),
         c = state_class(worst),
-        s = esc(worst.as_str()),
+        s = super::html_escape(worst.as_str()),
         u = hhmm(now)
     );
     for svc in &snap.services {
@@ -841,9 +826,9 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
             h,
             r#"<section class="service" id="service-{id}" data-state="{sc}"><h2>{t} <span class="badge {sc}">{s}</span></h2>"#,
             id = anchor(&svc.info.name),
-            t = esc(&svc.info.title),
+            t = super::html_escape(&svc.info.title),
             sc = state_class(st.state),
-            s = esc(st.state.as_str())
+            s = super::html_escape(st.state.as_str())
         );
         let window = st.windows.iter().find(|w| w.minutes == 15).or(st.windows.first());
         if let Some(w) = window {
@@ -897,7 +882,7 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
             let _ = write!(
                 h,
                 r#"<tr><td>{}</td><td><span class="bar" style="width:{:.0}px"></span> {n}</td></tr>"#,
-                esc(name),
+                super::html_escape(name),
                 *n as f64 * 120.0 / rmax as f64
             );
         }
@@ -912,12 +897,12 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
             let _ = write!(
                 h,
                 r#"<tr><td>{}</td><td><span class="badge {}">{}</span></td><td>{} ms{} <span class="muted">{}</span></td></tr>"#,
-                esc(name),
+                super::html_escape(name),
                 if p.ok { "ok" } else { "detected" },
                 if p.ok { "up" } else { "failing" },
                 p.latency_ms,
-                esc(&cert),
-                esc(&p.detail)
+                super::html_escape(&cert),
+                super::html_escape(&p.detail)
             );
         }
         h.push_str("</table></div></div></section>");
@@ -943,9 +928,9 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
             h,
             r#"<div class="incident" id="incident-{}"><h3>{}: problems detected <span class="badge {}">{}</span></h3><p class="muted">Started {} UTC, peak {:.1}× normal.</p><ul class="timeline">"#,
             anchor(&i.id),
-            esc(title),
+            super::html_escape(title),
             if i.is_open() { "detected" } else { "ok" },
-            esc(&when),
+            super::html_escape(&when),
             xep0082(hub.minute_to_unix(i.start_minute)).replace('T', " ").trim_end_matches('Z'),
             i.peak_ratio
         );
@@ -954,9 +939,9 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
                 h,
                 "<li>{} — {} → {} ({})</li>",
                 hhmm(hub.minute_to_unix(t.minute)),
-                esc(t.from.as_str()),
-                esc(t.to.as_str()),
-                esc(&cause_text(t.cause, t.ratio))
+                super::html_escape(t.from.as_str()),
+                super::html_escape(t.to.as_str()),
+                super::html_escape(&cause_text(t.cause, t.ratio))
             );
         }
         for a in &i.annotations {
@@ -964,7 +949,7 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
                 h,
                 "<li>{} — <strong>note:</strong> {}</li>",
                 hhmm(hub.minute_to_unix(a.at_secs / 60)),
-                esc(&a.text)
+                super::html_escape(&a.text)
             );
         }
         h.push_str("</ul></div>");
@@ -973,7 +958,7 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
     // Report form.
     h.push_str(r#"<section id="report"><h2>Having problems? Tell us</h2><form id="report-form" method="post" action="/status/reports"><label for="service">Service</label><select id="service" name="service">"#);
     for svc in &snap.services {
-        let _ = write!(h, r#"<option value="{}">{}</option>"#, esc(&svc.info.name), esc(&svc.info.title));
+        let _ = write!(h, r#"<option value="{}">{}</option>"#, super::html_escape(&svc.info.name), super::html_escape(&svc.info.title));
     }
     h.push_str(r#"</select><label for="problem">What is wrong?</label><select id="problem" name="problem">"#);
     for p in ProblemType::ALL {
@@ -983,13 +968,13 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
     let regions: std::collections::BTreeSet<&str> =
         snap.services.iter().flat_map(|s| s.info.regions.iter().map(String::as_str)).collect();
     for r in regions {
-        let _ = write!(h, r#"<option value="{}">"#, esc(r));
+        let _ = write!(h, r#"<option value="{}">"#, super::html_escape(r));
     }
     h.push_str(r#"</datalist><label for="comment">Comment (optional)</label><textarea id="comment" name="comment" rows="2" maxlength="500"></textarea><button type="submit">Report a problem</button><p id="report-result" class="muted" role="status"></p></form>"#);
     let _ = write!(
         h,
         r#"<p class="muted">In chat: send "report &lt;service&gt; &lt;problem&gt;" or "subscribe" to {}.</p></section>"#,
-        esc(hub.bot_jid().map(|j| j.as_str()).unwrap_or(""))
+        super::html_escape(hub.bot_jid().map(|j| j.as_str()).unwrap_or(""))
     );
     let _ = write!(h, "</main><script>{SCRIPT}</script></body></html>");
     h

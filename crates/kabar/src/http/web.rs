@@ -51,25 +51,10 @@ pub fn render_index(domain: &str, registration: bool) -> String {
     });
     let json = settings.to_string().replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026");
     INDEX_TEMPLATE
-        .replace("{{TITLE}}", &html_escape(&format!("{domain} · chat")))
-        .replace("{{DOMAIN}}", &html_escape(domain))
-        .replace("{{ASSETS}}", &html_escape(&assets))
+        .replace("{{TITLE}}", &super::html_escape(&format!("{domain} · chat")))
+        .replace("{{DOMAIN}}", &super::html_escape(domain))
+        .replace("{{ASSETS}}", &super::html_escape(&assets))
         .replace("{{CONFIG}}", &json)
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// `GET /web/{id}/{*path}`: one embedded file. Another `id` (a page from an older build) is 404.
