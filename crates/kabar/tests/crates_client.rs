@@ -486,3 +486,90 @@ fn stamp_age_secs(delay: &Delay) -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
     now - delay.stamp.0.timestamp()
 }
+
+/// XEP-0045 with the crates.io client: alice creates a room (§10.1: status 110 + 201, instant room by
+/// an empty submitted owner form, §10.1.2), bob joins (§7.2: he sees alice's presence, then his own with
+/// 110), and alice's groupchat message (§7.4) reaches bob from the room JID with her nick, carrying the
+/// room's XEP-0359 stanza-id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xep0045_room_created_joined_and_groupchat_with_crates_io_clients() {
+    const MUC: &str = "http://jabber.org/protocol/muc";
+    const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+    const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+    const SID: &str = "urn:xmpp:sid:0";
+    let mut server = TestServer::new("muc");
+    server.add_user("alice", "alice-secret-1");
+    server.add_user("bob", "bob-secret-1");
+    server.start();
+    bounded("xep0045_room_created_joined_and_groupchat_with_crates_io_clients", async {
+        let room = BareJid::new(&format!("lounge@conference.{}", server.domain)).expect("room JID");
+        let occupant = |nick: &str| Jid::from(room.with_resource_str(nick).expect("occupant JID"));
+        let statuses = |p: &Presence| -> Vec<String> {
+            p.payloads
+                .iter()
+                .filter(|x| x.is("x", MUC_USER))
+                .flat_map(|x| x.children().filter(|c| c.is("status", MUC_USER)).filter_map(|c| c.attr("code")).map(str::to_owned))
+                .collect()
+        };
+        let join = |nick: &str| {
+            Presence::available().with_to(occupant(nick)).with_payloads(vec![Element::builder("x", MUC).build()])
+        };
+
+        let mut alice = Xmpp::login(&server, "alice", "alice-secret-1").await;
+        alice.send(join("Alice"), "alice joins (creates) the room").await;
+        let me = occupant("Alice");
+        let own = alice
+            .wait_for("alice's self-presence", |s| match s {
+                Stanza::Presence(p) if p.from.as_ref() == Some(&me) => Some(p.clone()),
+                _ => None,
+            })
+            .await;
+        let codes = statuses(&own);
+        assert!(codes.contains(&"110".to_owned()) && codes.contains(&"201".to_owned()), "§10.1.1: 110 and 201, got {own:?}");
+
+        let id = alice.new_id("instant-room");
+        let form = Element::builder("query", MUC_OWNER)
+            .append(kabar_xml::ElementExt::with_attr(Element::builder("x", "jabber:x:data").build(), "type", "submit"))
+            .build();
+        let set = Iq::Set { from: None, to: Some(Jid::from(room.clone())), id, payload: form };
+        match alice.iq(set, "instant room (empty owner form)").await {
+            Iq::Result { .. } => {}
+            other => panic!("§10.1.2 instant room: expected a result, got {other:?}"),
+        }
+
+        let mut bob = Xmpp::login(&server, "bob", "bob-secret-1").await;
+        bob.send(join("Bob"), "bob joins").await;
+        let alice_seen = bob
+            .wait_for("alice's presence in the room", |s| match s {
+                Stanza::Presence(p) if p.from.as_ref() == Some(&me) => Some(p.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(!statuses(&alice_seen).contains(&"110".to_owned()), "110 is only for one's own presence");
+        let bob_self = occupant("Bob");
+        let own = bob
+            .wait_for("bob's self-presence", |s| match s {
+                Stanza::Presence(p) if p.from.as_ref() == Some(&bob_self) => Some(p.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(statuses(&own).contains(&"110".to_owned()), "§7.2.3: self-presence carries 110: {own:?}");
+
+        let text = "Welcome to the lounge, Bob";
+        let (lang, body) = text_body(text);
+        alice.send(Message::groupchat(Jid::from(room.clone())).with_body(lang, body), "alice's groupchat message").await;
+        let got = bob
+            .wait_for("the groupchat message at bob", |s| {
+                as_message(s).filter(|m| m.type_ == MessageType::Groupchat && body_of(m).is_some()).cloned()
+            })
+            .await;
+        assert_eq!(got.from, Some(me.clone()), "§7.4: from the room JID with the sender's nick: {got:?}");
+        assert_eq!(body_of(&got).as_deref(), Some(text));
+        let sid = got.payloads.iter().find(|p| p.is("stanza-id", SID)).expect("XEP-0359 stanza-id from the room");
+        assert_eq!(sid.attr("by"), Some(room.as_str()), "the room assigns the stanza-id: {sid:?}");
+
+        alice.close().await;
+        bob.close().await;
+    })
+    .await;
+}
