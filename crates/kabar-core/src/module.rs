@@ -98,6 +98,11 @@ pub trait Module: std::any::Any + Send + Sync + 'static {
     fn server_info_forms(&self) -> Vec<Element> {
         Vec::new()
     }
+    /// XEP-0030 disco#items of the server's JID at `node`, when this module owns that node (e.g.
+    /// XEP-0050's `http://jabber.org/protocol/commands`): the `<item/>` elements, or `None`.
+    fn server_disco_items(&self, _server: &Server, _node: &str) -> Option<Vec<Element>> {
+        None
+    }
     /// Service domains this module hosts inside the server (e.g. XEP-0045's `conference.<domain>`).
     /// Every stanza addressed to one of them, or to a JID at it, goes to [`Module::handle_hosted`]
     /// instead of accounts or components. Asked once, when the server is built.

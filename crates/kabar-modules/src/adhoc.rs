@@ -25,6 +25,8 @@ use kabar_core::module::IqResult;
 use kabar_core::{IqRequest, Jid, Module, Server, StanzaError};
 use kabar_xml::{elem, Element, ElementExt};
 
+use crate::disco::NS_DISCO_ITEMS;
+
 pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
 pub const NS_DATA: &str = "jabber:x:data";
 /// Most commands one server registers (a bound for a registry filled by code, not input).
@@ -124,6 +126,19 @@ impl Module for AdhocModule {
 
     fn iq_payloads(&self) -> Vec<(&'static str, &'static str)> {
         vec![("command", NS_COMMANDS)]
+    }
+
+    /// XEP-0050 §2.2: the commands, listed at the commands node of the server.
+    fn server_disco_items(&self, server: &Server, node: &str) -> Option<Vec<Element>> {
+        (node == NS_COMMANDS).then(|| {
+            self.commands
+                .list()
+                .into_iter()
+                .map(|(node, name)| {
+                    elem("item", NS_DISCO_ITEMS).with_attr("jid", server.domain.as_str()).with_attr("node", node).with_attr("name", name)
+                })
+                .collect()
+        })
     }
 
     async fn handle_iq(&self, server: &Server, iq: &IqRequest) -> IqResult {

@@ -259,8 +259,15 @@ impl Module for DiscoModule {
         match (&iq.to_account, info) {
             (None, true) => self.server_info(server, node).map(Some),
             (None, false) => {
-                if node.is_some() {
-                    return Err(StanzaError::item_not_found());
+                if let Some(node) = node {
+                    // A node some module owns (XEP-0050 commands, …); any other is unknown.
+                    let items = server.modules().iter().find_map(|m| m.server_disco_items(server, node));
+                    let Some(items) = items else { return Err(StanzaError::item_not_found()) };
+                    let mut query = elem("query", NS_DISCO_ITEMS).with_attr("node", node);
+                    for item in items {
+                        query.append_child(item);
+                    }
+                    return Ok(Some(query));
                 }
                 let mut query = elem("query", NS_DISCO_ITEMS);
                 for domain in server.hosted_domains().into_iter().chain(server.component_domains()) {
