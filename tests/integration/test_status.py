@@ -60,7 +60,9 @@ class Https:
                 self.conn.request(method, path, body=data, headers=hdrs)
                 r = self.conn.getresponse()
                 return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server may close a kept-alive connection (e.g. after a 401) just as the next request
+            # goes out; over TLS that surfaces as an EOF from the SSL layer. Reconnect once.
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
                 self.conn.close()
                 self.conn = None
                 if attempt:
