@@ -412,7 +412,11 @@ impl StatusHub {
     /// Loads saved state; call once before the first tick. Store failures are logged and the
     /// monitor starts fresh.
     pub async fn load(&self, server: &Server) {
-        let now = now_secs();
+        self.load_at(server, now_secs()).await
+    }
+
+    /// [`Self::load`] with the clock passed in (the chart's last 24 hours end at `now`).
+    pub async fn load_at(&self, server: &Server, now: u64) {
         let ms = self.minute_secs();
         let hour_now = now / ms / 60;
         let mut restored = Vec::new();

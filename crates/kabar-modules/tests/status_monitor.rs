@@ -113,9 +113,10 @@ async fn probes_failing_open_an_incident_alert_subscribers_and_survive_a_new_hub
         .any(|r| r.probes.get("a").is_some_and(|p| p.fail == 1 && p.latency_ms_sum == 5)));
 
     // A new hub over the same store (a restarted server) picks up state, incident, subscribers and
-    // the chart's minute records.
+    // the chart's minute records. Loading at the test's clock: the records may span two stored
+    // "hours" (60 detection minutes of 1 s each), which the real clock may not have reached yet.
     let again = StatusHub::new(&config());
-    again.load(&h.server).await;
+    again.load_at(&h.server, t0 + 8).await;
     let snap2 = again.snapshot();
     assert_eq!(snap2.services[0].status.state, State::ProblemsDetected);
     assert_eq!(snap2.services[0].status.open_incident.as_deref(), Some(incident.as_str()));
