@@ -392,11 +392,42 @@ fn scram_from(row: &tokio_postgres::Row, base: usize) -> Result<ScramCredentials
     })
 }
 
+/// The SCRAM iteration counts as the `BIGINT`s the columns hold (SHA-1, SHA-256).
+fn iteration_params(creds: &AccountCredentials) -> [i64; 2] {
+    [i64::from(creds.scram_sha1.iterations), i64::from(creds.scram_sha256.iterations)]
+}
+
+/// `$1` username, `$2..$5` SCRAM-SHA-1 and `$6..$9` SCRAM-SHA-256 (salt, iterations, stored key,
+/// server key), then `extra` as `$10` when given: the column order of `create_account` and
+/// `set_credentials`.
+fn credential_params<'a>(
+    user: &'a &'a str,
+    creds: &'a AccountCredentials,
+    iterations: &'a [i64; 2],
+    extra: Option<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
+) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    let (a, b) = (&creds.scram_sha1, &creds.scram_sha256);
+    let mut params: Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        user,
+        &a.salt,
+        &iterations[0],
+        &a.stored_key,
+        &a.server_key,
+        &b.salt,
+        &iterations[1],
+        &b.stored_key,
+        &b.server_key,
+    ];
+    params.extend(extra);
+    params
+}
+
 #[async_trait]
 impl AccountStore for PgStore {
     async fn create_account(&self, user: &str, creds: &AccountCredentials) -> Result<()> {
         let client = self.client().await?;
-        let (a, b) = (&creds.scram_sha1, &creds.scram_sha256);
+        let iterations = iteration_params(creds);
+        let created = now();
         let stmt = client
             .prepare_cached(
                 "INSERT INTO accounts (username,
@@ -410,18 +441,7 @@ impl AccountStore for PgStore {
         let n = client
             .execute(
                 &stmt,
-                &[
-                    &user,
-                    &a.salt,
-                    &i64::from(a.iterations),
-                    &a.stored_key,
-                    &a.server_key,
-                    &b.salt,
-                    &i64::from(b.iterations),
-                    &b.stored_key,
-                    &b.server_key,
-                    &now(),
-                ],
+                &credential_params(&user, creds, &iterations, Some(&created)),
             )
             .await
             .ctx("create_account")?;
@@ -449,7 +469,7 @@ impl AccountStore for PgStore {
 
     async fn set_credentials(&self, user: &str, creds: &AccountCredentials) -> Result<bool> {
         let client = self.client().await?;
-        let (a, b) = (&creds.scram_sha1, &creds.scram_sha256);
+        let iterations = iteration_params(creds);
         let stmt = client
             .prepare_cached(
                 "UPDATE accounts SET
@@ -462,17 +482,7 @@ impl AccountStore for PgStore {
         let n = client
             .execute(
                 &stmt,
-                &[
-                    &user,
-                    &a.salt,
-                    &i64::from(a.iterations),
-                    &a.stored_key,
-                    &a.server_key,
-                    &b.salt,
-                    &i64::from(b.iterations),
-                    &b.stored_key,
-                    &b.server_key,
-                ],
+                &credential_params(&user, creds, &iterations, None),
             )
             .await
             .ctx("set_credentials")?;

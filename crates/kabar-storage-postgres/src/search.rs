@@ -51,33 +51,14 @@ pub fn index_text(body: &str) -> String {
 /// a `<->` chain, so its words must be adjacent and in order; terms are joined with `&`.
 pub fn tsquery(text: &str) -> Option<String> {
     let mut terms = Vec::new();
-    let mut rest = text;
-    loop {
-        rest = rest.trim_start();
-        if rest.is_empty() {
-            break;
-        }
-        let (term, prefix, next) = if let Some(after_quote) = rest.strip_prefix('"') {
-            match after_quote.find('"') {
-                Some(end) => (&after_quote[..end], false, &after_quote[end + 1..]),
-                None => (after_quote, false, ""),
-            }
-        } else {
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            let word = &rest[..end];
-            match word.strip_suffix('*') {
-                Some(stem) => (stem, true, &rest[end..]),
-                None => (word, false, &rest[end..]),
-            }
-        };
-        rest = next;
-        let w = words(term);
+    for term in kabar_storage::search_terms(text) {
+        let w = words(term.text);
         let Some(last) = w.len().checked_sub(1) else { continue };
         // Only letters and digits inside the quotes: nothing to escape.
         let chain: Vec<String> = w
             .iter()
             .enumerate()
-            .map(|(i, word)| if prefix && i == last { format!("'{word}':*") } else { format!("'{word}'") })
+            .map(|(i, word)| if term.prefix && i == last { format!("'{word}':*") } else { format!("'{word}'") })
             .collect();
         terms.push(if chain.len() == 1 { chain.concat() } else { format!("({})", chain.join(" <-> ")) });
     }

@@ -79,31 +79,12 @@ pub(crate) fn fts_query(text: &str) -> Option<String> {
         s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
     }
     let mut terms = Vec::new();
-    let mut rest = text;
-    loop {
-        rest = rest.trim_start();
-        if rest.is_empty() {
-            break;
-        }
-        let (term, prefix, next) = if let Some(after_quote) = rest.strip_prefix('"') {
-            match after_quote.find('"') {
-                Some(end) => (&after_quote[..end], false, &after_quote[end + 1..]),
-                None => (after_quote, false, ""),
-            }
-        } else {
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            let word = &rest[..end];
-            match word.strip_suffix('*') {
-                Some(stem) => (stem, true, &rest[end..]),
-                None => (word, false, &rest[end..]),
-            }
-        };
-        rest = next;
-        let w = words(term);
+    for term in kabar_storage::search_terms(text) {
+        let w = words(term.text);
         if w.is_empty() {
             continue;
         }
-        terms.push(if prefix { format!("\"{w}\"*") } else { format!("\"{w}\"") });
+        terms.push(if term.prefix { format!("\"{w}\"*") } else { format!("\"{w}\"") });
     }
     if terms.is_empty() {
         None

@@ -228,6 +228,42 @@ pub struct ArchiveQuery {
     pub max: usize,
 }
 
+/// One term of [`ArchiveQuery::text`]: a word or a `"quoted phrase"` as the user typed it (backends
+/// split it into words with their own normalisation), and whether it ended in `*` (a prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchTerm<'a> {
+    pub text: &'a str,
+    pub prefix: bool,
+}
+
+/// Splits [`ArchiveQuery::text`] into its terms, so every backend reads the query language alike.
+pub fn search_terms(text: &str) -> Vec<SearchTerm<'_>> {
+    let mut terms = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return terms;
+        }
+        let (term, next) = if let Some(after_quote) = rest.strip_prefix('"') {
+            match after_quote.find('"') {
+                Some(end) => (SearchTerm { text: &after_quote[..end], prefix: false }, &after_quote[end + 1..]),
+                None => (SearchTerm { text: after_quote, prefix: false }, ""),
+            }
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            let word = &rest[..end];
+            let term = match word.strip_suffix('*') {
+                Some(stem) => SearchTerm { text: stem, prefix: true },
+                None => SearchTerm { text: word, prefix: false },
+            };
+            (term, &rest[end..])
+        };
+        terms.push(term);
+        rest = next;
+    }
+}
+
 /// One page of a query, in chronological order.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ArchivePage {
@@ -301,3 +337,19 @@ pub trait Store: AccountStore + RosterStore + OfflineStore + KvStore + ArchiveSt
 impl<T: AccountStore + RosterStore + OfflineStore + KvStore + ArchiveStore> Store for T {}
 
 pub type SharedStore = Arc<dyn Store>;
+
+#[cfg(test)]
+mod tests {
+    use super::{search_terms, SearchTerm};
+
+    #[test]
+    fn search_terms_split_words_prefixes_and_quoted_phrases() {
+        let t = |text, prefix| SearchTerm { text, prefix };
+        assert_eq!(
+            search_terms(r#"  hello wor* "new york" "unclosed phrase"#),
+            vec![t("hello", false), t("wor", true), t("new york", false), t("unclosed phrase", false)]
+        );
+        assert_eq!(search_terms("   "), vec![]);
+        assert_eq!(search_terms(r#""" *"#), vec![t("", false), t("", true)]);
+    }
+}
