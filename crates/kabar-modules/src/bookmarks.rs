@@ -57,23 +57,7 @@ fn truthy(v: Option<&str>) -> bool {
 /// `keep` is the room's current XEP-0402 payload, whose `<extensions/>` survive.
 pub fn conference_to_0402(c: &Element, keep: Option<&Element>) -> Option<(String, Element)> {
     let jid = parse_bare(c.attr("jid")?).ok()?;
-    let mut out = elem("conference", NS_0402).with_attr(
-        "autojoin",
-        if truthy(c.attr("autojoin")) {
-            "true"
-        } else {
-            "false"
-        },
-    );
-    if let Some(name) = c.attr("name") {
-        out.set_attr_str("name", name);
-    }
-    if let Some(nick) = c.get_child("nick", NS_0048) {
-        out.append_child(elem("nick", NS_0402).with_text(nick.text()));
-    }
-    if let Some(password) = c.get_child("password", NS_0048) {
-        out.append_child(elem("password", NS_0402).with_text(password.text()));
-    }
+    let mut out = convert_conference(c, NS_0048, NS_0402);
     if let Some(ext) = keep.and_then(|k| k.get_child("extensions", NS_0402)) {
         out.append_child(ext.clone());
     }
@@ -82,22 +66,20 @@ pub fn conference_to_0402(c: &Element, keep: Option<&Element>) -> Option<(String
 
 /// A XEP-0402 item as a XEP-0048 `<conference/>`.
 pub fn conference_to_0048(jid: &str, c: &Element) -> Element {
-    let mut out = elem("conference", NS_0048).with_attr("jid", jid).with_attr(
-        "autojoin",
-        if truthy(c.attr("autojoin")) {
-            "true"
-        } else {
-            "false"
-        },
-    );
+    convert_conference(c, NS_0402, NS_0048).with_attr("jid", jid)
+}
+
+/// The fields both versions share (autojoin, name, nick, password), from namespace `from` to `to`.
+fn convert_conference(c: &Element, from: &str, to: &str) -> Element {
+    let autojoin = if truthy(c.attr("autojoin")) { "true" } else { "false" };
+    let mut out = elem("conference", to).with_attr("autojoin", autojoin);
     if let Some(name) = c.attr("name") {
         out.set_attr_str("name", name);
     }
-    if let Some(nick) = c.get_child("nick", NS_0402) {
-        out.append_child(elem("nick", NS_0048).with_text(nick.text()));
-    }
-    if let Some(password) = c.get_child("password", NS_0402) {
-        out.append_child(elem("password", NS_0048).with_text(password.text()));
+    for child in ["nick", "password"] {
+        if let Some(value) = c.get_child(child, from) {
+            out.append_child(elem(child, to).with_text(value.text()));
+        }
     }
     out
 }
