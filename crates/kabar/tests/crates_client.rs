@@ -573,3 +573,81 @@ async fn xep0045_room_created_joined_and_groupchat_with_crates_io_clients() {
     })
     .await;
 }
+
+/// XEP-0163 PEP with XEP-0223 publish-options, as OMEMO (XEP-0384) needs it: alice publishes her
+/// device list with `pubsub#access_model = open`, and bob, who is not in her roster, fetches it
+/// (XEP-0060 §6.5); a node under the default `presence` model stays closed to him (§6.5.9.13:
+/// not-authorized + presence-subscription-required). Payloads built and parsed with xmpp-parsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xep0163_omemo_device_list_with_open_access_fetched_by_a_stranger_with_crates_io_clients() {
+    use tokio_xmpp::parsers::data_forms::{DataForm, DataFormType, Field};
+    use tokio_xmpp::parsers::legacy_omemo::{Device, DeviceList};
+    use tokio_xmpp::parsers::pubsub::pubsub::{Item as PubSubItem, Items, Publish, PublishOptions};
+    use tokio_xmpp::parsers::pubsub::{ItemId, NodeName, PubSub};
+    const DEVICE_LIST: &str = "eu.siacs.conversations.axolotl.devicelist";
+    const NICK: &str = "http://jabber.org/protocol/nick";
+    const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+
+    let mut server = TestServer::new("pep");
+    server.add_user("alice", "alice-secret-1");
+    server.add_user("bob", "bob-secret-1");
+    server.start();
+    bounded("xep0163_omemo_device_list_with_open_access_fetched_by_a_stranger_with_crates_io_clients", async {
+        let alice_bare = Jid::from(bare(&server, "alice"));
+        let mut alice = Xmpp::login(&server, "alice", "alice-secret-1").await;
+        let publish = |node: &str, payload: Element, access: Option<&str>| PubSub::Publish {
+            publish: Publish {
+                node: NodeName(node.to_owned()),
+                items: vec![PubSubItem { id: Some(ItemId("current".to_owned())), publisher: None, payload: Some(payload) }],
+            },
+            publish_options: access.map(|model| PublishOptions {
+                form: Some(DataForm::new(
+                    DataFormType::Submit,
+                    PUBLISH_OPTIONS,
+                    vec![Field::text_single("pubsub#access_model", model)],
+                )),
+            }),
+        };
+        let devices = DeviceList { devices: vec![Device { id: 4223 }, Device { id: 977 }] };
+        let id = alice.new_id("publish-devices");
+        match alice.iq(Iq::from_set(id, publish(DEVICE_LIST, devices.clone().into(), Some("open"))), "device list publish").await {
+            Iq::Result { .. } => {}
+            other => panic!("XEP-0223 publish with access_model=open: expected a result, got {other:?}"),
+        }
+        let nick = Element::builder("nick", NICK).append("Alice").build();
+        let id = alice.new_id("publish-nick");
+        match alice.iq(Iq::from_set(id, publish(NICK, nick, None)), "nick publish").await {
+            Iq::Result { .. } => {}
+            other => panic!("XEP-0172 nick publish: expected a result, got {other:?}"),
+        }
+
+        let mut bob = Xmpp::login(&server, "bob", "bob-secret-1").await;
+        let id = bob.new_id("fetch-devices");
+        let get = Iq::from_get(id, PubSub::Items(Items::new(DEVICE_LIST))).with_to(alice_bare.clone());
+        let payload = match bob.iq(get, "device list fetch").await {
+            Iq::Result { payload: Some(p), .. } => p,
+            other => panic!("XEP-0060 §6.5 items of an open node: expected a result with items, got {other:?}"),
+        };
+        let items = match PubSub::try_from(payload) {
+            Ok(PubSub::Items(items)) => items,
+            other => panic!("expected <items/> in the result, got {other:?}"),
+        };
+        assert_eq!(items.items.len(), 1, "{items:?}");
+        let fetched = items.items[0].payload.clone().map(DeviceList::try_from);
+        assert!(matches!(fetched, Some(Ok(ref list)) if *list == devices), "the published device list, got {fetched:?}");
+
+        let id = bob.new_id("fetch-nick");
+        let get = Iq::from_get(id, PubSub::Items(Items::new(NICK))).with_to(alice_bare.clone());
+        match bob.iq(get, "nick fetch").await {
+            Iq::Error { error, .. } => {
+                assert_eq!(error.defined_condition, tokio_xmpp::parsers::stanza_error::DefinedCondition::NotAuthorized, "{error:?}");
+                let specific = error.other.as_ref().map(|e| e.name().to_owned());
+                assert_eq!(specific.as_deref(), Some("presence-subscription-required"), "{error:?}");
+            }
+            other => panic!("§6.5.9.13: a presence-model node refuses a stranger, got {other:?}"),
+        }
+        alice.close().await;
+        bob.close().await;
+    })
+    .await;
+}
