@@ -16,6 +16,10 @@
 #   QUIET_WAIT=60 (before each scenario wait up to this many seconds for the machine to be idle: other
 #   processes below QUIET_PCT=15 % of one core over 2 s; the rows' other_cpu_pct shows what happened)
 #   PEERS=/work/shared/bench/peers  BENCH_RUN=$TMPDIR/kabar-bench/run-<time>  STEP_TIMEOUT=900
+#   MUC_N=5000 (room readers; QUICK 500) MUC_W=20 (burst of MUC_W × 10 posts) for `muc` (kabar's channel
+#   preset; peers ignore or refuse the field and run a plain room) and `muc-room` (a plain open room on all)
+#   PEER_MAM=1: the peers archive every 1:1 message too, like kabar (ejabberd mod_mam `default: always`,
+#   Prosody mod_mam with `default_archive_policy = true`), for a like-for-like `chat` comparison
 # Every step runs under `timeout`; kabar-load also has its own hard cap (--max-seconds).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,8 +28,9 @@ SERVERS=${SERVERS:-kabar ejabberd prosody}
 SCENARIOS=${SCENARIOS:-login idle chat chat-nostore chatrate chatrate-nostore signup reconnect reconnect-fast}
 if [ -n "${QUICK:-}" ]; then
   K=${K:-500}; C=${C:-2000}; P=${P:-50}; T=${T:-10}; SIGNUP_P=${SIGNUP_P:-20}; SIGNUP_BASE=${SIGNUP_BASE:-5}
-  SIGNUP_T=${SIGNUP_T:-10}; RN=${RN:-500}; IDLE_T=${IDLE_T:-5}
+  SIGNUP_T=${SIGNUP_T:-10}; RN=${RN:-500}; IDLE_T=${IDLE_T:-5}; MUC_N=${MUC_N:-500}
 fi
+MUC_N=${MUC_N:-5000}; MUC_W=${MUC_W:-20}
 K=${K:-2000}; C=${C:-10000}; P=${P:-100}; T=${T:-20}; W=${W:-10}; CHAT_RATE=${CHAT_RATE:-10}
 SIGNUP_P=${SIGNUP_P:-50}; SIGNUP_RATE=${SIGNUP_RATE:-5}; SIGNUP_BASE=${SIGNUP_BASE:-10}; SIGNUP_T=${SIGNUP_T:-20}
 REG_WORKERS=${REG_WORKERS:-20}; LOGIN_CONC=${LOGIN_CONC:-200}; RN=${RN:-2000}; IDLE_T=${IDLE_T:-10}
@@ -58,7 +63,7 @@ wait_quiet() { # SERVER_PID; bounded: at most QUIET_WAIT seconds
   log "machine still busy (${pct:-?}% of a core used by others); running anyway"
 }
 
-need=$K; for v in $C $((2*P)) $((2*SIGNUP_P)) $RN; do [ "$v" -gt "$need" ] && need=$v; done
+need=$K; for v in $C $((2*P)) $((2*SIGNUP_P)) $RN $((MUC_N + 1)); do [ "$v" -gt "$need" ] && need=$v; done
 
 # ---------------------------------------------------------------- build
 log "building kabar and kabar-load (release)"
@@ -126,7 +131,23 @@ srv_port() { case $1 in kabar) echo "$KABAR_PORT" ;; ejabberd) echo "${EJ_PORT:-
 srv_start() {
   case $1 in
     kabar) kabar_start ;;
-    *) timeout 300 bash "$PEERS/$1.sh" restart ${2:-} >/dev/null ;;
+    *) if [ -n "${PEER_MAM:-}" ]; then
+         # write the peer's config, add archiving, then start without --ibr (which would rewrite it)
+         timeout 60 bash "$PEERS/$1.sh" stop >/dev/null 2>&1 || true
+         timeout 300 bash "$PEERS/$1.sh" install >/dev/null
+         timeout 60 bash "$PEERS/$1.sh" config ${2:-} >/dev/null && peer_mam "$1" &&
+           timeout 300 bash "$PEERS/$1.sh" start >/dev/null
+       else
+         timeout 300 bash "$PEERS/$1.sh" restart ${2:-} >/dev/null
+       fi ;;
+  esac
+}
+peer_mam() { # turn on XEP-0313 archiving of every 1:1 message in the peer's generated config
+  case $1 in
+    ejabberd) sed -i 's/^modules:$/modules:\n  mod_mam:\n    default: always/' "$BENCH_RUN/ejabberd/etc/ejabberd.yml" ;;
+    prosody) sed -i -e 's/"posix";/"posix"; "mam";/' \
+               -e 's/^VirtualHost /default_archive_policy = true\narchive_expires_after = "1w"\nVirtualHost /' \
+               "$BENCH_RUN/prosody/prosody.cfg.lua" ;;
   esac
 }
 srv_pid() { case $1 in kabar) echo "$KPID" ;; *) bash "$PEERS/$1.sh" pid 2>/dev/null ;; esac; }
@@ -181,6 +202,9 @@ for srv in $SERVERS; do
                   --duration "$SIGNUP_T" --concurrency "$REG_WORKERS" ;;
       reconnect) run_load "$srv" reconnect reconnect --users "$RN" --concurrency "$LOGIN_CONC" ;;
       reconnect-fast) run_load "$srv" reconnect-fast reconnect --users "$RN" --concurrency "$LOGIN_CONC" --tls --fast ;;
+      muc)      run_load "$srv" muc muc --users "$MUC_N" --concurrency "$LOGIN_CONC" --rate 0 --window "$MUC_W" ;;
+      muc-room) run_load "$srv" muc-room muc --users "$MUC_N" --concurrency "$LOGIN_CONC" --rate 0 --window "$MUC_W" \
+                  --muc-preset room ;;
       *) log "unknown scenario $s" ;;
     esac
   done

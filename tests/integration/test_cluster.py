@@ -8,13 +8,17 @@ runs a private nats-server of its own, since it stops it.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
 import signal
+import ssl
 import socket
 import subprocess
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -99,8 +103,9 @@ def nats_url(tmp_path):
     n.stop()
 
 
-def start_cluster(server, pg_storage, nats_url: str, names: list[str]):
-    """One kabar per name on the same schema and NATS; accounts are created once (by the first)."""
+def start_cluster(server, pg_storage, nats_url: str, names: list[str], prepare=None):
+    """One kabar per name on the same schema and NATS; accounts are created once (by the first).
+    `prepare(srv)`, when given, edits each node's config (srv.config, srv.config_path) before it starts."""
     nodes = []
     for i, name in enumerate(names):
         cfg = {
@@ -108,7 +113,10 @@ def start_cluster(server, pg_storage, nats_url: str, names: list[str]):
             "cluster": {"enabled": True, "nats_url": nats_url, "node": name, "heartbeat_secs": HEARTBEAT,
                         "lease_secs": LEASE, "delivery_timeout_ms": 1500},
         }
-        srv = server(config=cfg, users=None if i == 0 else {})
+        srv = server(config=cfg, users=None if i == 0 else {}, start=prepare is None)
+        if prepare is not None:
+            prepare(srv)
+            srv.start()
         if i > 0:
             srv.passwords = dict(nodes[0].passwords)
         nodes.append(srv)
@@ -349,3 +357,233 @@ def test_cluster_refuses_to_start_without_shared_storage(server, tmp_path):
     with pytest.raises(ServerError) as err:
         srv.start()
     assert 'backend = "postgres"' in str(err.value), str(err.value)
+
+
+def _muc_home(nodes, room: str):
+    """The node whose log says it serves `room` (docs/CLUSTER.md "Homes")."""
+    pattern = re.escape(f"this node now serves {room}")
+    homes = [n for n in nodes if re.search(pattern, n.log())]
+    assert len(homes) == 1, f"expected one home for {room}, got {[h.config['cluster']['node'] for h in homes]}"
+    return homes[0]
+
+
+def _self_ping_until(client, occupant: str, condition: str, timeout: float = 20):
+    """XEP-0410 §3.2 self-ping, repeated until the answer is `condition` (None: a result)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=occupant, timeout=10)
+        got = None if answer.type == "result" else answer.error_condition
+        if got == condition:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"self-ping to {occupant} answered {got!r}, wanted {condition!r}: {answer}")
+        pause(0.2)
+
+
+def test_cluster_xep0045_room_shared_across_nodes_and_rehomed_when_its_node_dies(server, pg_storage, nats_url):
+    """XEP-0045 across nodes: alice (n1), bob (n2) and carol (n3) share one persistent room — each
+    sees the others' presence (§7.2.3) and every groupchat message (§7.4) — though the room lives on
+    one home node. kill -9 of that node: the next stanza re-homes the room on a survivor from the
+    stored state (name, persistence, affiliations); the survivors' XEP-0410 self-ping says
+    not-acceptable (they are not occupants of the re-homed room), they join again and chat on."""
+    from test_muc import create_room, join, muc, muc_client, status_codes
+
+    nodes = start_cluster(server, pg_storage, nats_url, ["n1", "n2", "n3"])
+    users = {"n1": "alice", "n2": "bob", "n3": "carol"}
+    clients = {name: muc_client(n, f"{users[name]}/pc") for name, n in zip(users, nodes)}
+    room = "rapat@conference.localhost"
+    alice, bob, carol = clients["n1"], clients["n2"], clients["n3"]
+    create_room(alice, room, "alice", **{"muc#roomconfig_persistentroom": "1",
+                                         "muc#roomconfig_roomname": "Rapat Lintas Node"})
+    home = _muc_home(nodes, room)
+
+    _, _, bob_sees, _ = join(bob, room, "bob")
+    assert [str(p["from"]) for p in bob_sees] == [f"{room}/alice"]
+    alice.expect_presence(frm=f"{room}/bob")
+    _, _, carol_sees, _ = join(carol, room, "carol")
+    assert sorted(str(p["from"]) for p in carol_sees) == [f"{room}/alice", f"{room}/bob"]
+    alice.expect_presence(frm=f"{room}/carol")
+    bob.expect_presence(frm=f"{room}/carol")
+
+    for sender, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        body = f"groupchat dari {nick}"
+        sender.send(f"<message to='{room}' type='groupchat' id='gc-{nick}'><body>{body}</body></message>")
+        for c in (alice, bob, carol):
+            got = c.expect_message(frm=f"{room}/{nick}", body=body)
+            assert got.get("type") == "groupchat" and got.get("id") == f"gc-{nick}", got
+    # Only the home node ever held the room: nobody else claimed it.
+    assert _muc_home(nodes, room) is home
+
+    home_name = home.config["cluster"]["node"]
+    survivors = [(name, clients[name]) for name in users if name != home_name]
+    for _, c in survivors:
+        _self_ping_until(c, f"{room}/{users[_]}", None)
+    home.kill9()
+
+    # The next stanza for the room goes to a surviving node, which serves it from the stored state.
+    for name, c in survivors:
+        _self_ping_until(c, f"{room}/{users[name]}", "not-acceptable")
+    new_home = _muc_home([n for n in nodes if n is not home], room)
+    (a_name, a), (b_name, b) = survivors
+    own, _, a_sees, _ = join(a, room, users[a_name])
+    assert "110" in status_codes(own) and "201" not in status_codes(own), own
+    assert a_sees == []
+    _, _, b_sees, _ = join(b, room, users[b_name])
+    assert [str(p["from"]) for p in b_sees] == [f"{room}/{users[a_name]}"]
+    a.expect_presence(frm=f"{room}/{users[b_name]}")
+    info = a.iq_ok("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room)
+    identity = info.find("{http://jabber.org/protocol/disco#info}query/{http://jabber.org/protocol/disco#info}identity")
+    assert identity.get("name") == "Rapat Lintas Node", info
+    b.send(f"<message to='{room}' type='groupchat' id='after'><body>masih rapat</body></message>")
+    for c in (a, b):
+        c.expect_message(frm=f"{room}/{users[b_name]}", body="masih rapat")
+    _self_ping_until(a, f"{room}/{users[a_name]}", None)
+    assert new_home.died() is None
+
+
+NS_SM = "urn:xmpp:sm:3"
+
+
+def test_cluster_xep0198_resume_on_another_node_after_kill_fails_cleanly_and_nothing_acked_is_lost(
+        server, pg_storage, nats_url):
+    """XEP-0198 §5 across nodes (docs/CLUSTER.md "XEP-0198 across nodes"): resumption state lives on
+    the node holding the connection, and every message is archived (XEP-0313) on the sender's node
+    before the sender's ack. alice's stream (raw socket, resumption on, never acking) is on n2 and
+    a slixmpp client with resumption too; bob on n1 sends with <r/> after each message. n2 gets
+    kill -9 mid-flow. On n3, <resume/> with alice's previd fails with <item-not-found/> (§5, the
+    stream stays usable and binds a new session), slixmpp falls back to a new session by itself,
+    and every message the cluster acked to bob is in alice's offline store or archive."""
+    from harness import loop, plugin_client, run
+
+    n1, n2, n3 = start_cluster(server, pg_storage, nats_url, ["n1", "n2", "n3"])
+    alice = n2.raw(name="alice-raw-n2")
+    alice.login("alice", resource="phone")
+    alice.send(f"<enable xmlns='{NS_SM}' resume='true'/>")
+    enabled = alice.expect("enabled", NS_SM)
+    previd = enabled.get("id")
+    assert previd and enabled.get("resume") in ("true", "1"), enabled
+    alice.send("<presence/>")
+    carol = plugin_client(n2, "carol/pc", {"xep_0198": {}})
+    carol_sm = carol.xmpp.plugin["xep_0198"]
+    assert carol_sm.sm_id, "slixmpp did not get a resumable session"
+
+    bob = n1.raw(name="bob-raw-n1")
+    bob.login("bob", resource="pump")
+    bob.send(f"<enable xmlns='{NS_SM}'/>")
+    bob.expect("enabled", NS_SM)
+    acked = 0
+
+    def send_and_wait_acked(bodies, to):
+        nonlocal acked
+        start = acked
+        bob.send("".join(f"<message to='{to}' type='chat' id='sm{start + i}'><body>{b}</body></message>"
+                         f"<r xmlns='{NS_SM}'/>" for i, b in enumerate(bodies)))
+        deadline = time.monotonic() + 30
+        while acked < start + len(bodies):
+            st = bob.recv(max(0.01, deadline - time.monotonic()))
+            if st.name == "a" and st.ns == NS_SM:
+                acked = max(acked, int(st.get("h")))
+
+    before = [f"sebelum mati {i}" for i in range(10)]
+    send_and_wait_acked(before, "alice@localhost")
+    send_and_wait_acked(["untuk carol"], carol.jid)
+    carol.expect_message(frm=bob.jid, body="untuk carol")
+    # alice's stream read them but never acknowledged: n2 holds them as unacked when it dies.
+    live = set()
+    deadline = time.monotonic() + 10
+    while len(live) < len(before) and time.monotonic() < deadline:
+        st = alice.recv(max(0.01, deadline - time.monotonic()))
+        if st.name == "message" and st.body:
+            live.add(st.body)
+    n2.kill9()
+    after = [f"setelah mati {i}" for i in range(10)]
+    send_and_wait_acked(after, "alice@localhost")
+    assert acked == len(before) + 1 + len(after)
+
+    # §5: resumption on another node fails cleanly; the same stream then binds a new session.
+    again = n3.raw(name="alice-raw-n3")
+    again.open()
+    again.starttls()
+    assert again.auth_scram("alice", n1.passwords[n1.jid("alice")]).ok
+    again.restart()
+    again.send(f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>")
+    failed = again.expect("failed", NS_SM)
+    assert failed.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None, failed
+    assert again.bind("phone").type == "result"
+    again.kill()
+
+    # slixmpp tries to resume on n3 and binds a new session when told item-not-found.
+    x = carol.xmpp
+
+    async def reconnect_to_n3():
+        fut = loop().create_future()
+        x.add_event_handler("session_resumed", lambda ev: fut.done() or fut.set_result("resumed"), disposable=True)
+        x.add_event_handler("session_start", lambda ev: fut.done() or fut.set_result("new-session"), disposable=True)
+        carol.disconnected = False
+        # Each test node has its own private CA (same subject name): trust only n3's now.
+        x.ssl_context = ssl.create_default_context()
+        x.ca_certs = n3.ca
+        x.connect("127.0.0.1", n3.c2s_port)
+        return await asyncio.wait_for(fut, 30)
+
+    carol.expect_disconnected()
+    outcome = run(reconnect_to_n3(), timeout=40)
+    assert outcome == "new-session", outcome
+
+    # Every message the cluster acked is in the offline store or the archive (MAM), or arrived.
+    alice_n3 = n3.client("alice/laptop")
+    pause(1)
+    offline = {m.body for m in alice_n3.drain() if m.name == "message" and m.body}
+    archived = {i.body for i in mam_all(alice_n3, {"with": "bob@localhost"})}
+    lost = [b for b in before + after if b not in live | offline | archived]
+    assert not lost, f"acked messages lost: {lost}"
+    # Those n2 held unacknowledged died with it: the archive is what keeps them.
+    assert set(before) <= archived, sorted(set(before) - archived)
+    assert set(after) <= offline | archived
+
+
+def test_cluster_component_on_one_node_serves_users_of_another_and_admin_sees_every_node(
+        server, pg_storage, nats_url):
+    """XEP-0114 across nodes: the component bot.localhost connects to n1; alice on n2 reaches it and
+    its reply reaches her; a second connection for the same domain on n2 is refused while n1 serves it.
+    The admin API of n2 lists the sessions of both nodes with their node and kicks a session held
+    by n1; /metrics on n2 shows the cluster (nodes seen, remote sessions, routes and forwards)."""
+    from harness import COMPONENT_DOMAIN, LoginFailed
+    from test_admin import Http, metric
+
+    n1, n2 = start_cluster(server, pg_storage, nats_url, ["n1", "n2"])
+    bot = n1.component()
+    wait_log(n1, [re.escape(f"this node now serves component:{COMPONENT_DOMAIN}")], timeout=10)
+    alice = n2.client("alice/desk")
+    alice.message(COMPONENT_DOMAIN, "halo bot")
+    got = bot.expect_message(frm=alice.jid, body="halo bot")
+    assert got.to == COMPONENT_DOMAIN
+    bot.message(alice.jid, "halo manusia", frm=COMPONENT_DOMAIN)
+    alice.expect_message(frm=COMPONENT_DOMAIN, body="halo manusia")
+    alice.send(f"<iq type='get' to='{COMPONENT_DOMAIN}' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+    asked = bot.expect(lambda s: s.name == "iq" and s.id == "v1", "the version query")
+    bot.send(f"<iq type='result' from='{COMPONENT_DOMAIN}' to='{asked.frm}' id='v1'/>")
+    assert alice.expect(lambda s: s.name == "iq" and s.id == "v1", "the answer").type == "result"
+    with pytest.raises(LoginFailed):
+        n2.component()
+
+    bob = n1.client("bob/phone")
+    h = Http(n2, (n2.data_dir / "admin-token").read_text().strip())
+    r = h.api("GET", "/sessions")
+    assert r.status == 200, r
+    listed = {s["jid"]: s.get("node") for s in json.loads(r.text)["sessions"]}
+    assert listed == {alice.jid: "n2", bob.jid: "n1"}, listed
+    r = h.api("DELETE", "/sessions/" + urllib.parse.quote(bob.jid, safe=""))
+    assert r.status == 204, r
+    assert bob.expect_stream_error() == "policy-violation"
+
+    samples = h.metrics()
+    assert metric(samples, "kabar_cluster_nodes_seen", node="n2") == 1
+    assert metric(samples, "kabar_cluster_nats_connected", node="n2") == 1
+    assert metric(samples, "kabar_cluster_nats_connects_total", node="n2") >= 1
+    assert metric(samples, "kabar_cluster_forwarded_total", node="n2") >= 2
+    assert metric(samples, "kabar_cluster_forward_failures_total", node="n2") == 0
+    assert metric(samples, "kabar_cluster_homes_served", node="n2") == 0
+    n1_samples = Http(n1, None).metrics()
+    assert metric(n1_samples, "kabar_cluster_homes_served", node="n1") == 1
+    assert metric(n1_samples, "kabar_cluster_remote_routes_total", node="n1") >= 2

@@ -234,6 +234,95 @@ def test_xep0410_self_ping_and_destroy(kabar):
     assert bob.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/bob").error_condition in ("not-acceptable", "item-not-found")
 
 
+DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+REGISTER = "jabber:iq:register"
+DATA = "jabber:x:data"
+
+
+def room_items(c, room) -> list[str]:
+    """slixmpp's XEP-0030 disco#items of the room: the listed JIDs."""
+    items = run(c.xmpp.plugin["xep_0030"].get_items(jid=room, timeout=10))
+    return sorted(str(i[0]) for i in items["disco_items"]["items"])
+
+
+def test_xep0045_6_5_room_disco_items_list_occupants_of_public_rooms_only(kabar):
+    """§6.5: a room's disco#items lists its occupants' room JIDs when that list is public (a public
+    room), and nothing for an outsider asking a hidden room (an occupant still sees who is in it).
+    A channel lists only its speakers: readers are not revealed."""
+    alice, bob, carol = muc_client(kabar, "alice/pc"), muc_client(kabar, "bob/pc"), muc_client(kabar, "carol/pc")
+    open_room, hidden, channel = f"square@{SERVICE}", f"backroom@{SERVICE}", f"bulletin@{SERVICE}"
+    create_room(alice, open_room, "alice", **{"muc#roomconfig_publicroom": True})
+    join(bob, open_room, "bob")
+    assert room_items(carol, open_room) == [f"{open_room}/alice", f"{open_room}/bob"]
+    bob.send(f"<presence to='{open_room}/bob' type='unavailable'/>")
+    bob.expect_presence(frm=f"{open_room}/bob", type="unavailable")
+    assert room_items(carol, open_room) == [f"{open_room}/alice"], "a leaver is no longer listed"
+
+    create_room(alice, hidden, "alice", **{"muc#roomconfig_publicroom": False})
+    join(bob, hidden, "bob")
+    assert room_items(carol, hidden) == [], "a hidden room does not show its occupants to outsiders"
+    assert room_items(bob, hidden) == [f"{hidden}/alice", f"{hidden}/bob"]
+
+    create_room(alice, channel, "editor", **{"kabar#roomconfig_channel": True, "muc#roomconfig_publicroom": True})
+    join(bob, channel, "bob")
+    assert room_items(carol, channel) == [f"{channel}/editor"], "channel readers are not listed"
+
+
+def register_form_submit(nick: str) -> str:
+    return (f"<query xmlns='{REGISTER}'><x xmlns='{DATA}' type='submit'>"
+            f"<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+            f"<field var='muc#register_roomnick'><value>{nick}</value></field></x></query>")
+
+
+def reserved_nick(c, room) -> list[str]:
+    """§7.12 through slixmpp's XEP-0030 disco#info at node x-roomuser-item: identity names."""
+    info = run(c.xmpp.plugin["xep_0030"].get_info(jid=room, node="x-roomuser-item", timeout=10))
+    return [ident[3] for ident in info["disco_info"]["identities"]]
+
+
+def test_xep0045_7_10_registration_reserves_the_nick_and_7_12_discovers_it(kabar):
+    """§7.10: the room offers the muc#register form; submitting it makes the user a member and
+    reserves the nick, so another user entering (or changing) to it gets <conflict/>, and so does
+    registering it twice. A second get answers <registered/> with the nick. §7.12: disco#info node
+    x-roomuser-item names one's reserved nick (nothing for others). <remove/> drops the reservation
+    and the membership. In a members-only room an outsider cannot register (registration-required)."""
+    alice, bob, carol = muc_client(kabar, "alice/pc"), muc_client(kabar, "bob/pc"), muc_client(kabar, "carol/pc")
+    room = f"guild@{SERVICE}"
+    create_room(alice, room, "alice")
+    features = run(bob.xmpp.plugin["xep_0030"].get_info(jid=room, timeout=10))["disco_info"]["features"]
+    assert REGISTER in features
+    form = bob.iq_ok("get", f"<query xmlns='{REGISTER}'/>", to=room)
+    fields = [f.get("var") for f in form.findall(f"{{{REGISTER}}}query/{{{DATA}}}x/{{{DATA}}}field")]
+    assert "muc#register_roomnick" in fields and "FORM_TYPE" in fields
+    assert reserved_nick(bob, room) == []
+    bob.iq_ok("set", register_form_submit("Bard"), to=room)
+    assert "bob@localhost" in [str(j) for j in run(muc(alice).get_affiliation_list(room, "member"))]
+    again = bob.iq_ok("get", f"<query xmlns='{REGISTER}'/>", to=room)
+    assert again.find(f"{{{REGISTER}}}query/{{{REGISTER}}}registered") is not None
+    assert again.find(f"{{{REGISTER}}}query/{{{REGISTER}}}username").text == "Bard"
+    assert reserved_nick(bob, room) == ["Bard"]
+    assert reserved_nick(carol, room) == []
+
+    with pytest.raises(PresenceError) as e:
+        join(carol, room, "Bard")
+    assert error_condition(e.value) == "conflict"
+    assert carol.iq("set", register_form_submit("Bard"), to=room).error_condition == "conflict"
+    join(carol, room, "carol")
+    carol.send(f"<presence to='{room}/Bard'/>")
+    refused = carol.expect(lambda s: s.name == "presence" and s.type == "error", "the nick change refusal")
+    assert refused.error_condition == "conflict"
+    own = join(bob, room, "Bard")[0]
+    assert own.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("affiliation") == "member"
+
+    bob.iq_ok("set", f"<query xmlns='{REGISTER}'><remove/></query>", to=room)
+    assert reserved_nick(bob, room) == []
+    assert "bob@localhost" not in [str(j) for j in run(muc(alice).get_affiliation_list(room, "member"))]
+
+    club = f"lodge@{SERVICE}"
+    create_room(alice, club, "alice", **{"muc#roomconfig_membersonly": True})
+    assert carol.iq("get", f"<query xmlns='{REGISTER}'/>", to=club).error_condition == "registration-required"
+
+
 def test_admin_api_lists_rooms_in_pages_and_destroys_one(server):
     """docs/ADMIN.md: GET /rooms lists every room sorted by JID with `next` paging (hidden rooms too);
     DELETE /rooms/{jid} destroys it (occupants get <destroy/>), then 404; bad JIDs are 400."""

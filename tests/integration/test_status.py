@@ -574,3 +574,180 @@ def test_openapi_description_of_status_endpoints_holds_against_the_live_server(s
     assert res.returncode == 0, f"schemathesis found problems (exit {res.returncode}):\n{out[-6000:]}"
     assert "Tested: 4" in out, out[-3000:]
     assert summary(srv)["components"][0]["id"] == "chat"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# alerts: subscription from the page (confirmed in chat or by link), webhook retries and signature
+
+
+def _confirmation(client) -> tuple[str, str]:
+    """The bot's confirmation message: (token, link)."""
+    msg = client.expect_message(frm=BOT, timeout=20)
+    assert msg.body.startswith("Someone (perhaps you) asked on"), msg.body
+    token = msg.body.split('reply "confirm ', 1)[1].split('"', 1)[0]
+    link = msg.body.split(" or open ", 1)[1].split(" ", 1)[0]
+    assert len(token) == 32 and link.endswith(f"/status/confirm?token={token}"), msg.body
+    return token, link
+
+
+def test_page_subscription_is_confirmed_in_chat_before_the_subscriber_gets_alerts(server):
+    """Anyone can type a JID into the page, so POST /status/subscriptions only makes the status bot
+    send that account a confirmation: carol asks for alice, alice gets the message, and nothing is
+    subscribed until alice replies "confirm <token>" (carol replying with the token is refused).
+    A repeated request while one waits sends no second message. After confirming, the probed
+    service stopping reaches alice as an alert."""
+    svc = Listener()
+    try:
+        srv = server(config=probe_config(svc.port))
+        alice, carol = srv.client("alice"), srv.client("carol")
+        web = Https(srv)
+        wait_for(lambda: component(srv, "chat")["kabar"]["probes"].get("tcp-b", {}).get("ok"), "probes up")
+        status, _, raw = web.request("POST", "/status/subscriptions", {"jid": "alice@localhost", "action": "subscribe"})
+        assert status == 202 and json.loads(raw)["pending"] is True, raw
+        token, _ = _confirmation(alice)
+        status, _, raw = web.request("POST", "/status/subscriptions", {"jid": "alice@localhost", "action": "subscribe"})
+        assert status == 202, raw
+        alice.expect_no_message(frm=BOT, within=1.0)
+
+        carol.message(BOT, f"confirm {token}")
+        assert "another account" in carol.expect_message(frm=BOT).body
+        svc.stop()
+        # Not subscribed yet: the state change reaches nobody.
+        wait_for(lambda: component(srv, "chat")["status"] == "major_outage", "problems detected")
+        alice.expect_no_message(frm=BOT, within=1.0)
+        svc.start()
+        wait_for(lambda: component(srv, "chat")["status"] == "operational", "back to normal", timeout=60)
+
+        alice.message(BOT, f"confirm {token}")
+        assert alice.expect_message(frm=BOT).body.startswith("Confirmed: you are subscribed")
+        alice.message(BOT, f"confirm {token}")
+        assert "already used" in alice.expect_message(frm=BOT).body
+        svc.stop()
+        bodies = alerts_until(alice, "Chat: problems detected")
+        assert "probes failing" in bodies[-1], bodies
+    finally:
+        if svc.running:
+            svc.stop()
+
+
+def test_page_unsubscribe_by_link_needs_the_button_and_the_token_works_once(server):
+    """bob is subscribed (chat). An unsubscribe request from the page sends him a link; GET on the
+    link only shows a confirmation page (link previews must not act), POSTing the token unsubscribes
+    once; a reused or made-up token is refused. Foreign and malformed JIDs are refused with 400."""
+    srv = server(config={"monitor": {"minute_secs": 1, "tick_secs": 1}})
+    bob = srv.client("bob")
+    web = Https(srv)
+    bob.message(BOT, "subscribe")
+    assert bob.expect_message(frm=BOT).body.startswith("Subscribed")
+
+    status, _, raw = web.request("POST", "/status/subscriptions", {"jid": "bob@localhost", "action": "unsubscribe"})
+    assert status == 202, raw
+    token, link = _confirmation(bob)
+    path = link.split(f":{srv.http_port}", 1)[1]
+    status, headers, raw = web.request("GET", path)
+    assert status == 200 and b"bob@localhost" in raw and b"stop receiving outage alerts" in raw, raw
+    assert "default-src 'none'" in headers["content-security-policy"]
+    # Still subscribed after the GET: the bot's answer to "subscribe" says so.
+    bob.message(BOT, "subscribe")
+    assert bob.expect_message(frm=BOT).body == "You are already subscribed."
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, raw = web.request("POST", "/status/confirm", raw=f"token={token}".encode(), headers=form)
+    assert status == 200 and b"no longer receive outage alerts" in raw, raw
+    status, _, raw = web.request("POST", "/status/confirm", raw=f"token={token}".encode(), headers=form)
+    assert status == 404, raw
+    status, _, raw = web.request("GET", "/status/confirm?token=" + "0" * 32)
+    assert status == 404, raw
+    bob.message(BOT, "subscribe")
+    assert bob.expect_message(frm=BOT).body.startswith("Subscribed:"), "the link unsubscribed bob"
+
+    for jid, code in (("eve@example.org", "not_local"), ("not a jid@@", "invalid_jid"), (BOT, "not_local")):
+        status, _, raw = web.request("POST", "/status/subscriptions", {"jid": jid, "action": "subscribe"})
+        assert status == 400 and json.loads(raw)["error"] == code, (jid, raw)
+    status, _, raw = web.request("POST", "/status/subscriptions", {"jid": "bob@localhost", "action": "maybe"})
+    assert status == 400 and json.loads(raw)["error"] == "invalid_action", raw
+
+
+def test_page_subscription_requests_are_limited_per_client_address(server):
+    """At most `max_pending_per_ip` confirmations wait per client address: the next request from
+    that address gets 429 and sends no message, another address is unaffected."""
+    srv = server(config={"monitor": {"minute_secs": 1, "tick_secs": 1, "max_pending_per_ip": 2}})
+    carol = srv.client("carol")
+    one, two = Https(srv, "127.0.0.2"), Https(srv, "127.0.0.3")
+    for user in ("u1", "u2"):
+        status, _, raw = one.request("POST", "/status/subscriptions", {"jid": f"{user}@localhost", "action": "subscribe"})
+        assert status == 202, raw
+    status, _, raw = one.request("POST", "/status/subscriptions", {"jid": "carol@localhost", "action": "subscribe"})
+    assert status == 429 and json.loads(raw)["error"] == "rate_limited", raw
+    carol.expect_no_message(frm=BOT, within=1.0)
+    status, _, raw = two.request("POST", "/status/subscriptions", {"jid": "carol@localhost", "action": "subscribe"})
+    assert status == 202, raw
+    _confirmation(carol)
+
+
+class FlakyWebhook(http.server.BaseHTTPRequestHandler):
+    """Answers 503 to the first `failures` POSTs of each delivery id, then 204."""
+
+    failures = 2
+    received: list = []
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(n)
+        delivery = self.headers.get("X-Kabar-Delivery")
+        seen = sum(1 for r in FlakyWebhook.received if r["delivery"] == delivery)
+        FlakyWebhook.received.append({"delivery": delivery, "attempt": self.headers.get("X-Kabar-Attempt"),
+                                      "signature": self.headers.get("X-Kabar-Signature"), "body": raw})
+        self.send_response(503 if seen < FlakyWebhook.failures else 204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhook_deliveries_are_retried_until_accepted_and_signed_with_the_secret(server):
+    """The receiver fails the first two attempts of every delivery: kabar retries (backoff from
+    `webhook_backoff_ms`), the third attempt of the same delivery id is accepted and not repeated;
+    every attempt carries `X-Kabar-Signature: sha256=HMAC(secret, body)` over the exact body."""
+    import hashlib
+    import hmac
+
+    secret = "s3cret-for-the-test"
+    svc = Listener()
+    FlakyWebhook.received = []
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyWebhook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        srv = server(config=probe_config(svc.port, {
+            "webhooks": [f"http://127.0.0.1:{hook.server_port}/hook"], "webhook_secret": secret,
+            "webhook_retries": 4, "webhook_backoff_ms": 100, "webhook_max_backoff_ms": 400}))
+        wait_for(lambda: component(srv, "chat")["kabar"]["probes"].get("tcp-b", {}).get("ok"), "probes up")
+        svc.stop()
+
+        def accepted():
+            by_id: dict = {}
+            for r in FlakyWebhook.received:
+                by_id.setdefault(r["delivery"], []).append(r)
+            for attempts in by_id.values():
+                if len(attempts) >= 3 and json.loads(attempts[0]["body"])["to"] == "problems_detected":
+                    return attempts
+            return None
+
+        attempts = wait_for(accepted, "a delivery accepted on its third attempt", timeout=60)
+        assert [a["attempt"] for a in attempts[:3]] == ["1", "2", "3"], attempts
+        for a in attempts:
+            want = "sha256=" + hmac.new(secret.encode(), a["body"], hashlib.sha256).hexdigest()
+            assert a["signature"] == want, a
+        assert len({a["body"] for a in attempts}) == 1, "every attempt sends the same body"
+        body = json.loads(attempts[0]["body"])
+        assert body["delivery"] == attempts[0]["delivery"] and body["service"] == "chat", body
+        # Accepted on the third attempt: no fourth. Deliveries to one URL go in order, so once the
+        # recovery alert has arrived every retry of the earlier one is over.
+        svc.start()
+        wait_for(lambda: any(json.loads(r["body"])["to"] == "ok" for r in FlakyWebhook.received), "the recovery alert",
+                 timeout=60)
+        assert len([r for r in FlakyWebhook.received if r["delivery"] == attempts[0]["delivery"]]) == 3
+    finally:
+        hook.shutdown()
+        if svc.running:
+            svc.stop()

@@ -65,11 +65,22 @@ pub struct Ctx {
     pub op_timeout: Duration,
     pub cache: ScramCache,
     pub resource: String,
+    /// `--ports`: account i connects to `spread[i % len]` (users spread over cluster nodes).
+    pub spread: Vec<SocketAddr>,
 }
 
 impl Ctx {
     pub fn user(&self, idx: u64) -> String {
         format!("{}{idx}", self.prefix)
+    }
+
+    /// Where account `user` (PREFIX<i>) connects: `addr`, or its node under `--ports`.
+    pub fn addr_of(&self, user: &str) -> SocketAddr {
+        let idx = user.strip_prefix(self.prefix.as_str()).and_then(|i| i.parse::<u64>().ok());
+        match (idx, self.spread.len()) {
+            (Some(i), n) if n > 0 => self.spread[(i % n as u64) as usize],
+            _ => self.addr,
+        }
     }
 }
 
@@ -144,7 +155,11 @@ fn limits() -> Limits {
 
 impl Conn {
     pub async fn connect(ctx: &Ctx, read_buf: usize) -> Result<Conn> {
-        let tcp = timeout(ctx.op_timeout, TcpStream::connect(ctx.addr))
+        Conn::connect_to(ctx, ctx.addr, read_buf).await
+    }
+
+    pub async fn connect_to(ctx: &Ctx, addr: SocketAddr, read_buf: usize) -> Result<Conn> {
+        let tcp = timeout(ctx.op_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow!("connect timeout"))?
             .map_err(|e| anyhow!("connect: {}", e.kind()))?;
@@ -574,7 +589,7 @@ pub fn xml_escape(s: &str) -> String {
 
 /// connect, (STARTTLS), SASL, bind, (session), presence, ping.
 pub async fn login(ctx: &Ctx, user: &str, read_buf: usize) -> Result<Conn> {
-    let mut c = Conn::connect(ctx, read_buf).await?;
+    let mut c = Conn::connect_to(ctx, ctx.addr_of(user), read_buf).await?;
     c.open_stream(ctx).await?;
     c.starttls(ctx).await?;
     c.sasl(ctx, user).await?;
@@ -596,7 +611,7 @@ pub async fn login_fast(ctx: &Ctx, idx: u64, token: Option<&str>, read_buf: usiz
         bail!("FAST needs --tls");
     }
     let user = ctx.user(idx);
-    let mut c = Conn::connect(ctx, read_buf).await?;
+    let mut c = Conn::connect_to(ctx, ctx.addr_of(&user), read_buf).await?;
     c.open_stream(ctx).await?;
     c.starttls(ctx).await?;
     c.sasl2(ctx, &user, &ua_id(idx), token).await?;

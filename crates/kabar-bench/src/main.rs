@@ -67,6 +67,11 @@ pub struct Args {
     pub host: String,
     #[arg(long, default_value_t = 5222)]
     pub port: u16,
+    /// Spread accounts over several ports of --host (cluster nodes): account i connects to the
+    /// (i mod count)-th. Chat pairs are formed as logins finish, so with k nodes about (k-1)/k of
+    /// the pairs talk across nodes. --server-pid still measures one process.
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Vec<u16>,
     #[arg(long, default_value = "bench.local")]
     pub domain: String,
     /// Accounts are PREFIX<i>@DOMAIN for i in [FIRST, FIRST+N).
@@ -115,6 +120,12 @@ pub struct Args {
     /// Padding bytes in each message body.
     #[arg(long, default_value_t = 32)]
     pub body_bytes: usize,
+    /// muc: the room's configuration. `channel`: kabar's channel preset (readers are visitors whose
+    /// presence goes to moderators only; other servers ignore or refuse the field). `room`: a plain
+    /// open room with the standard fields only, every reader a participant seen by all (what
+    /// ejabberd and Prosody run).
+    #[arg(long, default_value = "channel")]
+    pub muc_preset: String,
     /// Add the XEP-0334 <no-store/> hint to chat messages (servers that archive may skip them).
     #[arg(long)]
     pub no_store: bool,
@@ -230,6 +241,16 @@ fn main() -> std::process::ExitCode {
     } else {
         None
     };
+    let mut spread = Vec::new();
+    for p in &args.ports {
+        match resolve_loopback(&args.host, *p) {
+            Ok(a) => spread.push(a),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let cache =
         ScramCache::new((!args.scram_cache.is_empty()).then(|| PathBuf::from(&args.scram_cache)));
     let cached_at_start = cache.loaded();
@@ -243,6 +264,7 @@ fn main() -> std::process::ExitCode {
         op_timeout: Duration::from_secs_f64(args.op_timeout),
         cache,
         resource: args.resource.clone(),
+        spread,
     });
     // Watchdog: even a wedged runtime cannot outlive the hard cap by more than a few seconds.
     let cap = Duration::from_secs_f64(args.max_seconds);

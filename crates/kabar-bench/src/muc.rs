@@ -70,10 +70,10 @@ pub async fn muc(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     res
 }
 
-async fn run(args: &Args, ctx: &Arc<Ctx>, room: &str, res: &mut Map<String, Value>) -> Result<()> {
-    let mut owner = conn::login(ctx, &ctx.user(args.first), READ_BUF).await?;
-    join(&mut owner, ctx, room, "owner").await?;
-    let form = elem("x", NS_DATA)
+/// The room configuration form: the standard fields, then (unless `minimal`) archiving off, and for
+/// the `channel` preset kabar's channel field.
+fn room_form(args: &Args, minimal: bool) -> Element {
+    let mut form = elem("x", NS_DATA)
         .with_attr("type", "submit")
         .with_child(field(
             "FORM_TYPE",
@@ -82,17 +82,33 @@ async fn run(args: &Args, ctx: &Arc<Ctx>, room: &str, res: &mut Map<String, Valu
         .with_child(field(
             "muc#roomconfig_maxusers",
             &(args.users + 10).to_string(),
-        ))
-        .with_child(field("muc#roomconfig_enablearchiving", "0"))
-        .with_child(field("kabar#roomconfig_channel", "1"));
-    owner
-        .iq(
-            ctx,
-            "set",
-            Some(room),
-            elem("query", NS_OWNER).with_child(form),
-        )
-        .await?;
+        ));
+    if !minimal {
+        form.append_child(field("muc#roomconfig_enablearchiving", "0"));
+        if args.muc_preset == "channel" {
+            form.append_child(field("kabar#roomconfig_channel", "1"));
+        }
+    }
+    form
+}
+
+async fn run(args: &Args, ctx: &Arc<Ctx>, room: &str, res: &mut Map<String, Value>) -> Result<()> {
+    if args.muc_preset != "channel" && args.muc_preset != "room" {
+        bail!("--muc-preset is channel or room");
+    }
+    res.insert("muc_preset".into(), json!(args.muc_preset));
+    let mut owner = conn::login(ctx, &ctx.user(args.first), READ_BUF).await?;
+    join(&mut owner, ctx, room, "owner").await?;
+    let configured = owner
+        .iq(ctx, "set", Some(room), elem("query", NS_OWNER).with_child(room_form(args, false)))
+        .await;
+    if let Err(e) = configured {
+        // A server that refuses fields it does not know gets the standard ones only.
+        res.insert("room_config".into(), json!(format!("minimal ({e})")));
+        owner
+            .iq(ctx, "set", Some(room), elem("query", NS_OWNER).with_child(room_form(args, true)))
+            .await?;
+    }
 
     // Readers log in and join with at most --concurrency in flight.
     let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));

@@ -14,6 +14,8 @@
 //! - `kabar.ack.<name>.<seq>`: the reply subject of each stanza: `ok` or `gone`, or the server's
 //!   no-responders status when node `<name>` is not subscribed any more.
 
+pub mod drain;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -30,6 +32,10 @@ use kabar_xml::Element;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+mod homes;
+mod stats;
+pub use homes::HomesMetrics;
 
 const STATE_SUBJECT: &str = "kabar.cluster.state";
 const HEADER_TO: &str = "Kabar-To";
@@ -274,6 +280,9 @@ pub struct ClusterDirectory {
     lease: Duration,
     delivery_timeout: Duration,
     nats_url: String,
+    /// Which node serves each MUC room / component (homes.rs).
+    homes: homes::Homes,
+    counters: stats::Counters,
 }
 
 fn valid_node_name(name: &str) -> bool {
@@ -365,6 +374,8 @@ impl ClusterDirectory {
                 .ok()
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| c.nats_url.clone()),
+            homes: homes::Homes::new(),
+            counters: stats::Counters::default(),
         }))
     }
 
@@ -451,8 +462,10 @@ impl ClusterDirectory {
                         async_nats::Event::Connected => {
                             info!(node = %dir.node, "cluster: connected to NATS");
                             dir.connected.store(true, Ordering::Release);
+                            stats::Counters::bump(&dir.counters.nats_connects);
                             dir.emit(StateMsg::Hello { node: dir.node.clone(), inc: dir.inc.clone() });
                             dir.queue_snapshot();
+                            dir.homes_connected();
                         }
                         async_nats::Event::Disconnected => {
                             warn!(node = %dir.node, "cluster: lost NATS; cross-node delivery falls back to offline storage until it is back");
@@ -493,6 +506,7 @@ impl ClusterDirectory {
         tokio::spawn(state_loop(self.clone(), state));
         tokio::spawn(inbox_loop(self.clone(), client.clone(), inbox));
         tokio::spawn(ack_loop(self.clone(), acks));
+        self.start_homes(&client).await?;
         tokio::spawn(timers(self.clone()));
         info!(node = %self.node, url = %self.nats_url, "cluster: this node joins over NATS");
         Ok(())
@@ -589,6 +603,7 @@ impl ClusterDirectory {
 
     /// A stanza another node did not take: forget that session (or node) and route it again.
     fn undeliverable(&self, node: &str, to: &FullJid, stanza: Element, node_gone: bool) {
+        stats::Counters::bump(&self.counters.reroutes);
         {
             let mut r = self.remote_write();
             if node_gone {
@@ -773,7 +788,7 @@ impl SessionDirectory for ClusterDirectory {
         let Some(node) = self.remote_node_of(jid) else {
             return Err(SendError::NoSession);
         };
-        let out = match item {
+        let out = match item.unshare() {
             Outbound::Stanza(stanza) => Out::Deliver {
                 node,
                 to: jid.clone(),
@@ -784,6 +799,8 @@ impl SessionDirectory for ClusterDirectory {
                 to: jid.clone(),
                 condition,
             },
+            // `unshare` turned it into a stanza: another node gets a tree, not our bytes.
+            Outbound::Shared(_) => return Err(SendError::NoSession),
         };
         self.out.send(out).map_err(|_| SendError::NoSession)
     }
@@ -799,6 +816,18 @@ impl SessionDirectory for ClusterDirectory {
 
     fn queue_depth(&self) -> usize {
         self.local.queue_depth()
+    }
+
+    fn homes(&self) -> Option<&dyn kabar_core::cluster::ServiceHomes> {
+        Some(self)
+    }
+
+    fn cluster_stats(&self) -> Option<kabar_core::cluster::ClusterStats> {
+        Some(self.stats())
+    }
+
+    fn cluster_sessions(&self) -> Option<Vec<(String, SessionInfo)>> {
+        Some(self.sessions_everywhere())
     }
 }
 
@@ -857,6 +886,7 @@ async fn publisher(
                     );
                 let subject = format!("kabar.node.{node}");
                 let reply = format!("kabar.ack.{}.{seq}", dir.node);
+                stats::Counters::bump(&dir.counters.remote_routes);
                 if let Err(e) = client
                     .publish_with_reply_and_headers(subject, reply, headers, body.into())
                     .await
@@ -995,6 +1025,7 @@ async fn timers(dir: Arc<ClusterDirectory>) {
             last_beat = now;
             if dir.is_connected() {
                 dir.queue_snapshot();
+                dir.queue_claims();
             }
         }
         let expired: Vec<String> = dir
@@ -1020,6 +1051,7 @@ async fn timers(dir: Arc<ClusterDirectory>) {
         for seq in late {
             dir.fail_pending(seq, true);
         }
+        dir.expire_forwards(now);
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Several nodes over NATS sharing one PostgreSQL database (docs/CLUSTER.md).
     pub cluster: ClusterConfig,
+    /// Draining before a stop or upgrade: `kabar drain` and SIGTERM (docs/CLUSTER.md).
+    pub drain: DrainConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             muc: MucConfig::default(),
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
+            drain: DrainConfig::default(),
         }
     }
 }
@@ -115,6 +118,13 @@ pub struct HttpConfig {
     pub bosh_inactivity_secs: u64,
     /// Serve the embedded web client (Converse.js, docs/WEBCLIENT.md) at `/`.
     pub web_client: bool,
+    /// Worker threads of the HTTPS listener's own runtime (TLS, HTTP, WebSocket/BOSH framing,
+    /// status-page report intake), so HTTP floods cannot queue ahead of XMPP sessions on the
+    /// main runtime (docs/OVERLOAD.md). 0: serve HTTPS on the main runtime.
+    pub listener_threads: usize,
+    /// Added to the process's nice value for those threads (Linux only, 0–19), so the kernel
+    /// runs XMPP session work first when both want the CPU.
+    pub listener_nice: i32,
 }
 
 impl Default for HttpConfig {
@@ -125,6 +135,8 @@ impl Default for HttpConfig {
             bosh_max_wait_secs: 60,
             bosh_inactivity_secs: 60,
             web_client: true,
+            listener_threads: 1,
+            listener_nice: 10,
         }
     }
 }
@@ -200,6 +212,24 @@ pub struct RegistrationConfig {
     pub reserved_usernames: Vec<String>,
     /// Shortest password accepted at registration and password change.
     pub min_password_length: usize,
+    /// Who may register at start (docs/REGISTRATION.md); unset: `open` when `enabled`, else
+    /// `invite-only`. The admin API switches it at runtime.
+    pub mode: Option<crate::registration::RegistrationMode>,
+    /// Leading zero bits the proof-of-work hash must have (1..=32; each bit doubles the work).
+    pub pow_difficulty: u8,
+    /// Seconds a proof-of-work challenge stays valid.
+    pub pow_challenge_ttl_secs: u64,
+    /// Most used challenges remembered (to refuse replays) until they expire; beyond it new
+    /// proof-of-work registrations wait (`<resource-constraint/>`).
+    pub pow_max_remembered: usize,
+}
+
+impl RegistrationConfig {
+    /// The registration mode the server starts in.
+    pub fn initial_mode(&self) -> crate::registration::RegistrationMode {
+        use crate::registration::RegistrationMode;
+        self.mode.unwrap_or(if self.enabled { RegistrationMode::Open } else { RegistrationMode::InviteOnly })
+    }
 }
 
 impl Default for RegistrationConfig {
@@ -211,6 +241,10 @@ impl Default for RegistrationConfig {
                 .map(String::from)
                 .to_vec(),
             min_password_length: 8,
+            mode: None,
+            pow_difficulty: 16,
+            pow_challenge_ttl_secs: 300,
+            pow_max_remembered: 100_000,
         }
     }
 }
@@ -545,6 +579,9 @@ pub struct ClusterConfig {
     /// Milliseconds a node waits for another to confirm it took a stanza before rerouting it
     /// (another session, or offline storage).
     pub delivery_timeout_ms: u64,
+    /// `host:port` clients use to reach this node's c2s listener, told to clients of a draining
+    /// node in `<see-other-host/>` (RFC 6120 §4.9.3.19). Unset: this node is never a redirect target.
+    pub public_address: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -556,6 +593,29 @@ impl Default for ClusterConfig {
             heartbeat_secs: 2,
             lease_secs: 10,
             delivery_timeout_ms: 3000,
+            public_address: None,
         }
+    }
+}
+
+/// `[drain]`: how a node empties itself before it stops (docs/CLUSTER.md, "Rolling restart").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// SIGTERM drains (refuse new streams, move clients, then exit) instead of stopping at once.
+    pub on_sigterm: bool,
+    /// Longest wait for the node's sessions to leave before it exits anyway.
+    pub timeout_secs: u64,
+    /// Sessions asked to leave per second (0: all at once), so the other nodes are not hit by every
+    /// reconnection in the same instant.
+    pub sessions_per_sec: u64,
+    /// Seconds the emptied node keeps answering new streams with `<see-other-host/>` before it exits,
+    /// so a load balancer's health check (`/readyz` answers 503 while draining) can take it out first.
+    pub linger_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { on_sigterm: true, timeout_secs: 30, sessions_per_sec: 2000, linger_secs: 0 }
     }
 }

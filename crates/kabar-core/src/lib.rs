@@ -4,12 +4,14 @@
 
 pub mod accounts;
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod module;
 pub mod monitor_config;
 pub mod ns;
 pub mod ratelimit;
+pub mod registration;
 pub mod server;
 pub mod sessions;
 pub mod stanza;
@@ -18,6 +20,7 @@ pub mod time;
 pub use config::Config;
 pub use jid::{BareJid, FullJid, Jid};
 pub use module::{Event, Flow, IqRequest, Module};
+pub use module::Hooks;
 pub use server::Server;
 pub use sessions::{Outbound, SessionDirectory, SessionInfo};
 pub use stanza::{ErrorType, StanzaError};

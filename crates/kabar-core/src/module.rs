@@ -75,11 +75,105 @@ pub enum Flow {
     Reject(StanzaError),
 }
 
+/// The hooks a module implements, as a bit set: the core builds one list of modules per hook when
+/// the server is built and calls only those (each call is a boxed future, and a chat message passes
+/// five hook points). `ON_*` bits are [`Module::on_event`] for that [`Event`] (filters split by
+/// direction and stanza name); the others are the methods of the same name. A module that does not
+/// override [`Module::hooks`] gets every call, so forgetting to declare costs speed, never events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hooks(u32);
+
+impl Hooks {
+    pub const NONE: Hooks = Hooks(0);
+    pub const ALL: Hooks = Hooks(u32::MAX);
+    pub const ON_OUTBOUND_PRESENCE: Hooks = Hooks(1 << 0);
+    pub const ON_INBOUND_PRESENCE: Hooks = Hooks(1 << 1);
+    pub const ON_INITIAL_PRESENCE: Hooks = Hooks(1 << 2);
+    pub const ON_SESSION_STARTED: Hooks = Hooks(1 << 3);
+    pub const ON_SESSION_CLOSED: Hooks = Hooks(1 << 4);
+    pub const ON_MESSAGE_UNDELIVERED: Hooks = Hooks(1 << 5);
+    pub const ON_MESSAGE_DELIVERED: Hooks = Hooks(1 << 6);
+    pub const ON_ACCOUNT_DELETED: Hooks = Hooks(1 << 7);
+    /// [`Event::Filter`] with `inbound: true` for a `<message/>`.
+    pub const ON_FILTER_IN_MESSAGE: Hooks = Hooks(1 << 8);
+    pub const ON_FILTER_IN_PRESENCE: Hooks = Hooks(1 << 9);
+    pub const ON_FILTER_IN_IQ: Hooks = Hooks(1 << 10);
+    /// [`Event::Filter`] with `inbound: false` (sent by the account) for a `<message/>`.
+    pub const ON_FILTER_OUT_MESSAGE: Hooks = Hooks(1 << 11);
+    pub const ON_FILTER_OUT_PRESENCE: Hooks = Hooks(1 << 12);
+    pub const ON_FILTER_OUT_IQ: Hooks = Hooks(1 << 13);
+    pub const ON_FILTER_IN: Hooks = Hooks(Self::ON_FILTER_IN_MESSAGE.0 | Self::ON_FILTER_IN_PRESENCE.0 | Self::ON_FILTER_IN_IQ.0);
+    pub const ON_FILTER_OUT: Hooks =
+        Hooks(Self::ON_FILTER_OUT_MESSAGE.0 | Self::ON_FILTER_OUT_PRESENCE.0 | Self::ON_FILTER_OUT_IQ.0);
+    pub const ON_FILTER: Hooks = Hooks(Self::ON_FILTER_IN.0 | Self::ON_FILTER_OUT.0);
+    /// [`Module::outbound_presence`].
+    pub const OUTBOUND_PRESENCE: Hooks = Hooks(1 << 14);
+    /// [`Module::outbound_message`].
+    pub const OUTBOUND_MESSAGE: Hooks = Hooks(1 << 15);
+    /// [`Module::inbound_message`].
+    pub const INBOUND_MESSAGE: Hooks = Hooks(1 << 16);
+    /// Number of single-hook bits above (the server keeps one module list per bit).
+    pub(crate) const COUNT: usize = 17;
+
+    pub const fn union(self, other: Hooks) -> Hooks {
+        Hooks(self.0 | other.0)
+    }
+
+    pub const fn intersects(self, other: Hooks) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The bit of a single hook (`bit` < [`Hooks::COUNT`]).
+    pub(crate) const fn bit(bit: usize) -> Hooks {
+        Hooks(1 << bit)
+    }
+
+    /// Which bit `event` is dispatched on.
+    pub(crate) fn of(event: &Event<'_>) -> Hooks {
+        match event {
+            Event::OutboundPresence { .. } => Hooks::ON_OUTBOUND_PRESENCE,
+            Event::InboundPresence { .. } => Hooks::ON_INBOUND_PRESENCE,
+            Event::InitialPresence { .. } => Hooks::ON_INITIAL_PRESENCE,
+            Event::SessionStarted { .. } => Hooks::ON_SESSION_STARTED,
+            Event::SessionClosed { .. } => Hooks::ON_SESSION_CLOSED,
+            Event::MessageUndelivered { .. } => Hooks::ON_MESSAGE_UNDELIVERED,
+            Event::MessageDelivered { .. } => Hooks::ON_MESSAGE_DELIVERED,
+            Event::AccountDeleted { .. } => Hooks::ON_ACCOUNT_DELETED,
+            Event::Filter { stanza, inbound: true, .. } => match stanza.name() {
+                "message" => Hooks::ON_FILTER_IN_MESSAGE,
+                "presence" => Hooks::ON_FILTER_IN_PRESENCE,
+                _ => Hooks::ON_FILTER_IN_IQ,
+            },
+            Event::Filter { stanza, inbound: false, .. } => match stanza.name() {
+                "message" => Hooks::ON_FILTER_OUT_MESSAGE,
+                "presence" => Hooks::ON_FILTER_OUT_PRESENCE,
+                _ => Hooks::ON_FILTER_OUT_IQ,
+            },
+        }
+    }
+
+    /// Index of a single-bit value in the server's per-hook lists.
+    pub(crate) fn index(self) -> usize {
+        self.0.trailing_zeros() as usize
+    }
+}
+
+impl std::ops::BitOr for Hooks {
+    type Output = Hooks;
+    fn bitor(self, rhs: Hooks) -> Hooks {
+        self.union(rhs)
+    }
+}
+
 /// `Any` lets the binary find a module's shared handle (e.g. the status monitor's, for its HTTP
 /// pages) by downcasting `&dyn Module`; modules never do this to each other.
 #[async_trait]
 pub trait Module: std::any::Any + Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// The hooks this module implements (see [`Hooks`]); asked once, when the server is built.
+    fn hooks(&self) -> Hooks {
+        Hooks::ALL
+    }
     /// Features this module adds to the server's XEP-0030 disco#info.
     fn server_features(&self) -> Vec<&'static str> {
         Vec::new()

@@ -31,6 +31,24 @@ pub struct MonitorSection {
     pub webhooks: Vec<String>,
     /// Seconds a webhook POST may take.
     pub webhook_timeout_secs: u64,
+    /// HMAC-SHA256 key for the `X-Kabar-Signature: sha256=<hex>` header over each webhook body.
+    /// Unset (default): deliveries are not signed.
+    pub webhook_secret: Option<String>,
+    /// Further attempts after a failed webhook delivery (5); a response outside 2xx, a
+    /// connection error and a timeout all count as failures.
+    pub webhook_retries: u32,
+    /// Wait before the first retry, in milliseconds (2000); doubled after every failure up to
+    /// `webhook_max_backoff_ms` (300000).
+    pub webhook_backoff_ms: u64,
+    pub webhook_max_backoff_ms: u64,
+    /// Alerts waiting per webhook URL (100); when full, the oldest waiting alert is dropped.
+    pub webhook_queue: usize,
+    /// How long a subscription requested on the status page waits for confirmation (86400 s).
+    pub confirm_ttl_secs: u64,
+    /// Confirmations waiting at once (1000) and per client address (5); further requests are
+    /// refused until some are confirmed or expire.
+    pub max_pending_confirmations: usize,
+    pub max_pending_per_ip: usize,
     /// Most alert subscribers (XMPP accounts).
     pub max_subscribers: usize,
     /// Per-minute detail (charts) is kept this many hours.
@@ -63,6 +81,14 @@ impl Default for MonitorSection {
             trusted_proxies: Vec::new(),
             webhooks: Vec::new(),
             webhook_timeout_secs: 10,
+            webhook_secret: None,
+            webhook_retries: 5,
+            webhook_backoff_ms: 2000,
+            webhook_max_backoff_ms: 300_000,
+            webhook_queue: 100,
+            confirm_ttl_secs: 86_400,
+            max_pending_confirmations: 1000,
+            max_pending_per_ip: 5,
             max_subscribers: 1000,
             minute_retention_hours: 48,
             hour_retention_days: 90,

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::{Metrics, StoreOp};
-use crate::module::{Event, Flow, IqRequest, Module};
+use crate::module::{Event, Flow, Hooks, IqRequest, Module};
 use crate::ratelimit::KeyedLimiter;
 use crate::sessions::{Outbound, SendError, SharedDirectory};
 use crate::stanza::{self, error_reply, Kind, StanzaError};
@@ -27,6 +27,8 @@ pub struct Server {
     pub store: SharedStore,
     pub sessions: SharedDirectory,
     modules: Vec<Arc<dyn Module>>,
+    /// Per hook bit ([`Hooks::index`]), the modules implementing it, in registration order.
+    hooked: Vec<Vec<Arc<dyn Module>>>,
     iq_table: HashMap<(&'static str, &'static str), usize>,
     /// Service domain → index of the module hosting it.
     hosted: HashMap<String, usize>,
@@ -40,10 +42,17 @@ pub struct Server {
     /// Whether XEP-0077 in-band registration is open now: starts as `registration.enabled`, the
     /// admin API switches it at runtime.
     pub registration_enabled: AtomicBool,
+    /// Registration mode and proof-of-work difficulty, switchable at runtime (docs/REGISTRATION.md).
+    pub registration: crate::registration::RegistrationState,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// Admission control for new logins and registrations (docs/OVERLOAD.md).
     pub admission: Admission,
+}
+
+/// The cluster homes key of an external component's domain.
+fn component_key(domain: &str) -> String {
+    format!("component:{domain}")
 }
 
 pub struct ServerBuilder {
@@ -85,6 +94,12 @@ impl ServerBuilder {
                 }
             }
         }
+        let hooked = (0..Hooks::COUNT)
+            .map(|bit| {
+                let hook = Hooks::bit(bit);
+                self.modules.iter().filter(|m| m.hooks().intersects(hook)).cloned().collect()
+            })
+            .collect();
         let domain_jid = BareJid::new(&self.config.domain)
             .ok()
             .filter(|j| j.node().is_none() && j.as_str() == self.config.domain)
@@ -97,13 +112,15 @@ impl ServerBuilder {
             auth_failures_by_ip: KeyedLimiter::new(limits.auth_failures_per_ip_per_minute, minute),
             auth_failures_by_account: KeyedLimiter::new(limits.auth_failures_per_account_per_minute, minute),
             registrations_by_ip: KeyedLimiter::new(self.config.registration.per_ip_per_hour, Duration::from_secs(3600)),
-            registration_enabled: AtomicBool::new(self.config.registration.enabled),
+            registration_enabled: AtomicBool::new(self.config.registration.initial_mode().is_public()),
+            registration: crate::registration::RegistrationState::new(&self.config.registration),
             metrics: Metrics::new(),
             admission: Admission::new(self.config.admission.clone()),
             config: self.config,
             store: self.store,
             sessions: self.sessions,
             modules: self.modules,
+            hooked,
             iq_table,
             hosted,
             components: RwLock::new(HashMap::new()),
@@ -191,7 +208,7 @@ impl Server {
 
     /// Offers `event` to each module in registration order until one does not answer Continue.
     pub async fn fire(&self, event: Event<'_>) -> Flow {
-        for m in &self.modules {
+        for m in self.hooked(Hooks::of(&event)) {
             match m.on_event(self, &event).await {
                 Flow::Continue => {}
                 other => return other,
@@ -202,9 +219,13 @@ impl Server {
 
     /// Fires an event every module must see (no module can stop it).
     pub async fn notify(&self, event: Event<'_>) {
-        for m in &self.modules {
+        for m in self.hooked(Hooks::of(&event)) {
             m.on_event(self, &event).await;
         }
+    }
+
+    fn hooked(&self, hook: Hooks) -> &[Arc<dyn Module>] {
+        self.hooked.get(hook.index()).map_or(&[], Vec::as_slice)
     }
 
     // --- entry points --------------------------------------------------------------------------
@@ -230,7 +251,7 @@ impl Server {
         }
         match kind {
             Kind::Presence => {
-                for m in &self.modules {
+                for m in self.hooked(Hooks::OUTBOUND_PRESENCE) {
                     m.outbound_presence(self, session, &mut stanza).await;
                 }
                 if let Flow::Continue = self.fire(Event::OutboundPresence { from: session, stanza: &stanza }).await {
@@ -247,7 +268,7 @@ impl Server {
                 if to.is_none() {
                     stanza.set_attr_str("to", account.as_str());
                 }
-                for m in &self.modules {
+                for m in self.hooked(Hooks::OUTBOUND_MESSAGE) {
                     m.outbound_message(self, session, &mut stanza).await;
                 }
                 self.route(stanza).await;
@@ -326,8 +347,12 @@ impl Server {
                     warn!(component = %to.domain(), "component queue full or gone; stanza dropped");
                 }
             }
-            // No server-to-server federation: every other domain is unreachable from here.
-            None => self.bounce(&stanza, StanzaError::remote_server_not_found()).await,
+            None => match (self.component_node(to.domain().as_str()), self.sessions.homes()) {
+                // A component connected to another node of the cluster (docs/CLUSTER.md "Homes").
+                (Some(node), Some(homes)) => homes.forward(&node, stanza),
+                // No server-to-server federation: every other domain is unreachable from here.
+                _ => self.bounce(&stanza, StanzaError::remote_server_not_found()).await,
+            },
         }
     }
 
@@ -384,7 +409,7 @@ impl Server {
     }
 
     async fn inbound_message_hooks(&self, account: &BareJid, stanza: &mut Element) {
-        for m in &self.modules {
+        for m in self.hooked(Hooks::INBOUND_MESSAGE) {
             m.inbound_message(self, account, stanza).await;
         }
     }
@@ -399,7 +424,17 @@ impl Server {
 
     /// Hands a stanza to one local session.
     pub async fn deliver(&self, full: &FullJid, stanza: Element) {
-        match self.sessions.send(full, Outbound::Stanza(stanza)) {
+        self.deliver_item(full, Outbound::Stanza(stanza));
+    }
+
+    /// Hands one recipient's share of a stanza encoded once for many to its local session.
+    pub async fn deliver_shared(&self, stanza: crate::sessions::SharedStanza) {
+        let to = stanza.to.clone();
+        self.deliver_item(&to, Outbound::Shared(stanza));
+    }
+
+    fn deliver_item(&self, full: &FullJid, item: Outbound) {
+        match self.sessions.send(full, item) {
             Ok(()) => {}
             Err(SendError::NoSession) => debug!(to = %full, "session went away; stanza dropped"),
             Err(SendError::QueueFull) => {
@@ -480,6 +515,12 @@ impl Server {
         if map.contains_key(domain) {
             return false;
         }
+        // In a cluster a component domain is served by one node at a time, like a local one.
+        if let Some(homes) = self.sessions.homes() {
+            if !homes.claim(&component_key(domain)) {
+                return false;
+            }
+        }
         map.insert(domain.to_string(), tx);
         true
     }
@@ -488,7 +529,15 @@ impl Server {
         let mut map = self.components.write().unwrap_or_else(|p| p.into_inner());
         if map.get(domain).is_some_and(|t| t.same_channel(tx)) {
             map.remove(domain);
+            if let Some(homes) = self.sessions.homes() {
+                homes.release(&component_key(domain));
+            }
         }
+    }
+
+    /// The other cluster node a component `domain` is connected to, if any.
+    fn component_node(&self, domain: &str) -> Option<String> {
+        self.sessions.homes()?.served_elsewhere(&component_key(domain))
     }
 
     /// Service domains hosted by modules (listed in the server's disco#items), sorted.

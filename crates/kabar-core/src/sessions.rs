@@ -6,15 +6,60 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use jid::{BareJid, FullJid};
-use kabar_xml::Element;
+use kabar_xml::{Element, ElementExt, SharedEncoding};
 use tokio::sync::mpsc;
 
 /// What a session task receives.
 #[derive(Debug)]
 pub enum Outbound {
     Stanza(Element),
+    /// One recipient's share of a stanza encoded once for many (a room's fan-out).
+    Shared(SharedStanza),
     /// End the stream with this stream error condition (e.g. "conflict" when replaced).
     Close { condition: &'static str, text: Option<String> },
+}
+
+impl Outbound {
+    /// The same item with a shared stanza turned into this recipient's own element, for paths
+    /// that need a tree (another node, a component).
+    pub fn unshare(self) -> Outbound {
+        match self {
+            Outbound::Shared(s) => Outbound::Stanza(s.to_element()),
+            other => other,
+        }
+    }
+}
+
+/// A stanza sent to many sessions unchanged but for `to`: the tree without `to` (for whatever needs
+/// to look at it: CSI, XEP-0198 replay and rerouting) and its serialisation, made once.
+#[derive(Debug)]
+pub struct SharedBody {
+    pub stanza: Element,
+    /// None when the stanza could not be encoded ahead (then every copy is written from the tree).
+    pub encoding: Option<SharedEncoding>,
+}
+
+impl SharedBody {
+    pub fn new(stanza: Element) -> Arc<SharedBody> {
+        let encoding = SharedEncoding::new(&stanza).ok();
+        Arc::new(SharedBody { stanza, encoding })
+    }
+}
+
+/// One recipient's share: the body (reference-counted) and its `to`.
+#[derive(Clone, Debug)]
+pub struct SharedStanza {
+    pub body: Arc<SharedBody>,
+    pub to: FullJid,
+}
+
+impl SharedStanza {
+    /// The element this recipient gets.
+    pub fn to_element(&self) -> Element {
+        let mut el = self.body.stanza.clone();
+        el.set_attr_str("to", self.to.as_str());
+        el
+    }
 }
 
 /// A session's routing-relevant state, as seen by routing and presence.
@@ -63,6 +108,19 @@ pub trait SessionDirectory: Send + Sync {
     /// Stanzas waiting in the outbound queues of all sessions together (for `/metrics`).
     fn queue_depth(&self) -> usize {
         0
+    }
+    /// Where keyed services (MUC rooms, components) are served in a cluster; `None` on one node.
+    fn homes(&self) -> Option<&dyn crate::cluster::ServiceHomes> {
+        None
+    }
+    /// Cluster counters for `/metrics`; `None` on one node.
+    fn cluster_stats(&self) -> Option<crate::cluster::ClusterStats> {
+        None
+    }
+    /// Every session of the cluster with the node holding it (this node's under its own name), for
+    /// the admin API; `None` on one node.
+    fn cluster_sessions(&self) -> Option<Vec<(String, SessionInfo)>> {
+        None
     }
 }
 

@@ -120,6 +120,10 @@ impl Module for AdhocModule {
         "adhoc"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_COMMANDS]
     }

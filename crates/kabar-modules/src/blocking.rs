@@ -386,6 +386,11 @@ impl Module for BlockingModule {
         "blocking"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_FILTER | H::ON_SESSION_STARTED | H::ON_SESSION_CLOSED | H::ON_ACCOUNT_DELETED
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_BLOCKING]
     }

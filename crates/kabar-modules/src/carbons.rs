@@ -216,6 +216,11 @@ impl Module for CarbonsModule {
         "carbons"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_FILTER_IN_MESSAGE | H::ON_MESSAGE_DELIVERED | H::ON_SESSION_STARTED | H::ON_SESSION_CLOSED | H::ON_ACCOUNT_DELETED | H::OUTBOUND_MESSAGE
+    }
+
     fn bind2_features(&self) -> Vec<&'static str> {
         vec![NS_CARBONS]
     }

@@ -236,6 +236,10 @@ impl Module for DiscoModule {
         "disco"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_DISCO_INFO, NS_DISCO_ITEMS]
     }

@@ -105,6 +105,10 @@ impl Module for ExtDiscoModule {
         "extdisco"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         if self.config.service.is_empty() {
             Vec::new()

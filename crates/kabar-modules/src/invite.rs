@@ -397,7 +397,8 @@ pub async fn register(
     password: &str,
     expiry: Expiry,
 ) -> Result<BareJid, InviteError> {
-    if !server.config.invites.enabled {
+    // `registration.mode = "closed"` (docs/REGISTRATION.md) stops invites too.
+    if !server.config.invites.enabled || !server.registration.mode().admits_invites() {
         return Err(InviteError::Disabled);
     }
     let now = unix_now();
@@ -695,6 +696,11 @@ impl InviteModule {
 impl Module for InviteModule {
     fn name(&self) -> &'static str {
         "invite"
+    }
+
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_INBOUND_PRESENCE | H::ON_ACCOUNT_DELETED
     }
 
     async fn on_event(&self, server: &Server, event: &Event<'_>) -> Flow {

@@ -117,6 +117,11 @@ impl Module for LastModule {
         "last"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_OUTBOUND_PRESENCE | H::ON_SESSION_CLOSED | H::ON_ACCOUNT_DELETED
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_LAST]
     }

@@ -16,6 +16,7 @@ pub mod mam;
 pub mod muc;
 pub mod offline;
 pub mod pep;
+pub mod pow;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -52,7 +53,7 @@ pub fn default_modules(config: &Config) -> Vec<Arc<dyn Module>> {
         Arc::new(private::PrivateModule::new(pep.clone())),
         Arc::new(blocking::BlockingModule::new()),
         Arc::new(last::LastModule::new()),
-        Arc::new(register::RegisterModule::new()),
+        Arc::new(register::RegisterModule::with_config(&config.registration)),
         // Outage monitor: its status bot answers messages to status@<domain> (a Filter hook).
         Arc::new(status::StatusModule::new(config, &commands)),
         Arc::new(adhoc::AdhocModule::new(commands.clone())),

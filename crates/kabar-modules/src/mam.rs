@@ -1013,6 +1013,11 @@ impl Module for MamModule {
         "mam"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_ACCOUNT_DELETED | H::OUTBOUND_MESSAGE | H::INBOUND_MESSAGE
+    }
+
     /// XEP-0313 §7, XEP-0359 §4, XEP-0431, XEP-0424 (the archive follows retractions and keeps
     /// tombstones): all on the account, which is where the archive lives.
     fn account_features(&self) -> Vec<&'static str> {

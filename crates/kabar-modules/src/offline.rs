@@ -48,6 +48,11 @@ impl Module for OfflineModule {
         "offline"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_MESSAGE_UNDELIVERED | H::ON_INITIAL_PRESENCE
+    }
+
     /// XEP-0160's service discovery feature.
     fn server_features(&self) -> Vec<&'static str> {
         vec!["msgoffline"]

@@ -1758,6 +1758,11 @@ impl Module for PepModule {
         "pep"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::OUTBOUND_PRESENCE | H::ON_OUTBOUND_PRESENCE | H::ON_INBOUND_PRESENCE | H::ON_FILTER_IN_IQ | H::ON_SESSION_STARTED | H::ON_SESSION_CLOSED
+    }
+
     async fn outbound_presence(&self, server: &Server, from: &FullJid, stanza: &mut Element) {
         crate::avatar::stamp_presence(self, server, &from.to_bare(), stanza).await;
     }

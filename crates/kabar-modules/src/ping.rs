@@ -32,6 +32,10 @@ impl Module for PingModule {
         "ping"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_PING]
     }

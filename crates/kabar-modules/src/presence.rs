@@ -51,6 +51,11 @@ impl Module for PresenceModule {
         "presence"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_OUTBOUND_PRESENCE | H::ON_INBOUND_PRESENCE | H::ON_SESSION_CLOSED | H::ON_ACCOUNT_DELETED
+    }
+
     async fn on_event(&self, server: &Server, event: &Event<'_>) -> Flow {
         match event {
             Event::OutboundPresence { from, stanza } => {

@@ -60,6 +60,10 @@ impl Module for PrivateModule {
         "private"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_PRIVATE]
     }

@@ -447,6 +447,11 @@ impl Module for PushModule {
         "push"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_MESSAGE_DELIVERED | H::ON_FILTER_IN_IQ | H::ON_SESSION_STARTED | H::ON_INITIAL_PRESENCE | H::ON_ACCOUNT_DELETED
+    }
+
     fn account_features(&self) -> Vec<&'static str> {
         vec![NS_PUSH]
     }

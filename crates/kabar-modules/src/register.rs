@@ -13,9 +13,16 @@
 //! [`pre_auth_feature`] for the stream feature (section "Stream Feature").
 //!
 //! # Anti-abuse policy for account creation
-//! * **Off by default**: `registration.enabled = false` makes every pre-authentication registration
-//!   request fail with `<service-unavailable/>` and hides the stream feature. The admin API switches
-//!   it at runtime ([`Server::registration_enabled`], which starts as the config value).
+//! * **Modes** (docs/REGISTRATION.md), [`Server::registration`], starting as `registration.mode`
+//!   (or `open`/`invite-only` from `registration.enabled`, off by default) and switched at runtime
+//!   by the admin API ([`set_mode`]):
+//!   - `open`: the stream feature is offered and anyone may register;
+//!   - `proof-of-work`: the registration form also carries a `urn:kabar:pow:0` challenge
+//!     ([`crate::pow`]) in an XEP-0004 form (§5 extensibility); a submission without a solved
+//!     challenge gets `<not-allowed/>` with a text saying so, a wrong, expired, foreign or reused
+//!     one `<not-acceptable/>`. The check runs before any store access;
+//!   - `invite-only` and `closed`: requests without an invite fail with `<service-unavailable/>`
+//!     and the stream feature is hidden (invites are `invite.rs`'s; `closed` refuses them too).
 //! * **Per-IP rate**: at most `registration.per_ip_per_hour` successful registrations per client
 //!   address per hour (token bucket [`Server::registrations_by_ip`], refilled smoothly). IPv6
 //!   clients are counted per /64, since one host usually owns a whole /64; IPv4-mapped IPv6
@@ -43,23 +50,71 @@ use async_trait::async_trait;
 use jid::BareJid;
 use kabar_core::accounts::{self, AccountError};
 use kabar_core::admission::Work;
+use kabar_core::config::RegistrationConfig;
 use kabar_core::module::IqResult;
+use kabar_core::registration::RegistrationMode;
 use kabar_core::sessions::Outbound;
 use kabar_core::stanza;
 use kabar_core::{ns, ErrorType, Event, IqRequest, Module, Server, StanzaError};
 use kabar_xml::{elem, Element, ElementExt};
 use tracing::{info, warn};
 
+use crate::pow::{PowError, PowGate, NS_POW};
+
 pub const NS_REGISTER: &str = "jabber:iq:register";
 /// Longest password accepted, in bytes.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+const NS_DATA: &str = "jabber:x:data";
+/// Form fields of the proof-of-work extension (docs/REGISTRATION.md).
+pub const POW_CHALLENGE: &str = "urn:kabar:pow:0#challenge";
+pub const POW_DIFFICULTY: &str = "urn:kabar:pow:0#difficulty";
+pub const POW_ALGORITHM: &str = "urn:kabar:pow:0#algorithm";
+pub const POW_NONCE: &str = "urn:kabar:pow:0#nonce";
 
-pub struct RegisterModule;
+pub struct RegisterModule {
+    /// Proof-of-work challenges (`registration.mode = "proof-of-work"`).
+    pow: PowGate,
+}
 
 impl RegisterModule {
     pub fn new() -> Self {
-        RegisterModule
+        Self::with_config(&RegistrationConfig::default())
     }
+
+    pub fn with_config(config: &RegistrationConfig) -> Self {
+        RegisterModule { pow: PowGate::new(config.pow_challenge_ttl_secs, config.pow_max_remembered) }
+    }
+
+    /// Used proof-of-work challenges remembered now (for `/metrics`).
+    pub fn pow_remembered(&self) -> usize {
+        self.pow.remembered()
+    }
+}
+
+/// The register module's proof-of-work gate, when the module is registered.
+fn pow_gate(server: &Server) -> Option<&PowGate> {
+    server.modules().iter().find_map(|m| (m.as_ref() as &dyn std::any::Any).downcast_ref::<RegisterModule>()).map(|m| &m.pow)
+}
+
+/// Switches the registration mode at runtime (admin API) and keeps `registration_enabled`, which
+/// the stream feature and older readers use, in step. Returns the previous mode.
+pub fn set_mode(server: &Server, mode: RegistrationMode) -> RegistrationMode {
+    let before = server.registration.swap_mode(mode);
+    server.registration_enabled.store(mode.is_public(), Ordering::Relaxed);
+    before
+}
+
+/// The older on/off switch (`PUT /registration {enabled}`): "on" opens registration unless it is
+/// already public (proof of work stays on), "off" leaves only invites unless it is already closed.
+pub fn set_public(server: &Server, enabled: bool) -> RegistrationMode {
+    let current = server.registration.mode();
+    let mode = match (enabled, current.is_public()) {
+        (true, false) => RegistrationMode::Open,
+        (false, true) => RegistrationMode::InviteOnly,
+        _ => current,
+    };
+    set_mode(server, mode);
+    mode
 }
 
 impl Default for RegisterModule {
@@ -156,26 +211,45 @@ async fn pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Result<Op
         _ => return Err(StanzaError::service_unavailable()),
     };
     let reg = &server.config.registration;
-    if !server.registration_enabled.load(Ordering::Relaxed) {
-        return Err(StanzaError::service_unavailable());
-    }
+    let pow = match server.registration.mode() {
+        RegistrationMode::Open => None,
+        RegistrationMode::ProofOfWork => Some(pow_gate(server).ok_or_else(|| {
+            StanzaError::service_unavailable().with_text("Proof-of-work registration is not available on this server")
+        })?),
+        RegistrationMode::InviteOnly => {
+            return Err(StanzaError::service_unavailable().with_text("Registration on this server needs an invite"))
+        }
+        RegistrationMode::Closed => {
+            return Err(StanzaError::service_unavailable().with_text("Registration on this server is closed"))
+        }
+    };
+    let key = limiter_key(client_ip);
     if !is_set {
-        return Ok(Some(
-            elem("query", NS_REGISTER)
-                .with_child(
-                    elem("instructions", NS_REGISTER)
-                        .with_text("Choose a username and password to create an account on this server."),
-                )
-                .with_child(elem("username", NS_REGISTER))
-                .with_child(elem("password", NS_REGISTER)),
-        ));
+        let mut form = elem("query", NS_REGISTER)
+            .with_child(
+                elem("instructions", NS_REGISTER)
+                    .with_text("Choose a username and password to create an account on this server."),
+            )
+            .with_child(elem("username", NS_REGISTER))
+            .with_child(elem("password", NS_REGISTER));
+        if let Some(gate) = pow {
+            form.append_child(pow_form(server, gate, &key));
+        }
+        return Ok(Some(form));
     }
     if query.has_child("remove", NS_REGISTER) {
         // Cancelling a registration needs an authenticated stream (§3.2).
         return Err(StanzaError::new(ErrorType::Auth, "not-authorized"));
     }
-    let (Some(username), Some(password)) = (child_text(query, "username"), child_text(query, "password")) else {
+    let submitted = query.get_child("x", NS_DATA).filter(|x| x.attr("type") == Some("submit"));
+    let field = |name: &str| submitted.and_then(|x| form_value(x, name)).or_else(|| child_text(query, name));
+    let (Some(username), Some(password)) = (field("username"), field("password")) else {
         return Err(StanzaError::not_acceptable().with_text("Both a username and a password are required"));
+    };
+    // Checked before anything touches the store, so an unsolved flood cannot even probe names.
+    let ticket = match pow {
+        Some(gate) => Some((gate, check_pow(server, gate, submitted, &key)?)),
+        None => None,
     };
     if username.is_empty() || username.contains(['@', '/']) {
         return Err(StanzaError::not_acceptable().with_text("The requested username is invalid"));
@@ -192,7 +266,6 @@ async fn pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Result<Op
     check_password(server, &password)?;
     // Overload: registrations are the first new work shed (RFC 6120 §8.3.3.18, type wait).
     server.admit(Work::Registration).map_err(|r| StanzaError::new(ErrorType::Wait, "resource-constraint").with_text(r.text()))?;
-    let key = limiter_key(client_ip);
     let over_limit = || {
         StanzaError::new(ErrorType::Wait, "policy-violation")
             .with_text("Too many accounts were created from this address recently; try again later")
@@ -203,13 +276,98 @@ async fn pre_auth(server: &Server, client_ip: IpAddr, iq: &Element) -> Result<Op
     if server.account_exists(&jid).await {
         return Err(StanzaError::conflict());
     }
+    // Used up only now: a solution spent on a taken name or a full limiter could be retried.
+    if let Some((gate, ticket)) = ticket {
+        gate.consume(ticket, kabar_core::time::unix_now()).map_err(|e| pow_error(server, e))?;
+    }
     if !server.registrations_by_ip.allow(&key) {
         return Err(over_limit());
     }
     accounts::create(&server.store, &jid, &password).await.map_err(account_error)?;
     server.metrics.registrations.inc();
-    info!(account = %jid, ip = %client_ip, "account registered in-band");
+    if ticket.is_some() {
+        server.registration.pow.accepted.inc();
+    }
+    info!(account = %jid, ip = %client_ip, proof_of_work = ticket.is_some(), "account registered in-band");
     Ok(None)
+}
+
+/// The XEP-0004 form (XEP-0077 §5 extensibility) carrying a fresh `urn:kabar:pow:0` challenge.
+fn pow_form(server: &Server, gate: &PowGate, client: &str) -> Element {
+    let difficulty = server.registration.pow_difficulty();
+    let challenge = gate.issue(client, difficulty, kabar_core::time::unix_now());
+    server.registration.pow.issued.inc();
+    let field = |var: &str, kind: &str, label: Option<&str>, value: Option<&str>| {
+        let mut f = elem("field", NS_DATA).with_attr("var", var).with_attr("type", kind);
+        if let Some(label) = label {
+            f.set_attr_str("label", label);
+            // Not for the nonce: a browser form would refuse to submit with it empty, and the
+            // web client's script fills it in only on submission (web/kabar-web.js).
+            if var != POW_NONCE {
+                f.append_child(elem("required", NS_DATA));
+            }
+        }
+        if let Some(v) = value {
+            f.append_child(elem("value", NS_DATA).with_text(v));
+        }
+        f
+    };
+    let label = format!("Proof of work: a nonce such that SHA-256(challenge \":\" nonce) starts with {difficulty} zero bits");
+    elem("x", NS_DATA)
+        .with_attr("type", "form")
+        .with_child(elem("title", NS_DATA).with_text("Account registration"))
+        .with_child(elem("instructions", NS_DATA).with_text(format!(
+            "This server asks new accounts for a proof of work ({NS_POW}): choose a username and password and let your client solve the challenge."
+        )))
+        .with_child(field("FORM_TYPE", "hidden", None, Some(NS_REGISTER)))
+        .with_child(field("username", "text-single", Some("Username"), None))
+        .with_child(field("password", "text-private", Some("Password"), None))
+        .with_child(field(POW_CHALLENGE, "hidden", None, Some(&challenge)))
+        .with_child(field(POW_DIFFICULTY, "hidden", None, Some(&difficulty.to_string())))
+        .with_child(field(POW_ALGORITHM, "hidden", None, Some("sha-256")))
+        .with_child(field(POW_NONCE, "text-single", Some(&label), None))
+}
+
+/// The first value of the field `var` in a submitted XEP-0004 form.
+fn form_value(x: &Element, var: &str) -> Option<String> {
+    x.children()
+        .find(|f| f.is("field", NS_DATA) && f.attr("var") == Some(var))
+        .and_then(|f| f.get_child("value", NS_DATA))
+        .map(|v| v.text())
+}
+
+fn check_pow(
+    server: &Server,
+    gate: &PowGate,
+    submitted: Option<&Element>,
+    client: &str,
+) -> Result<crate::pow::Ticket, StanzaError> {
+    let challenge = submitted.and_then(|x| form_value(x, POW_CHALLENGE));
+    let nonce = submitted.and_then(|x| form_value(x, POW_NONCE));
+    let (Some(challenge), Some(nonce)) = (challenge, nonce) else {
+        server.registration.pow.missing.inc();
+        return Err(StanzaError::not_allowed().with_text(format!(
+            "This server requires a proof of work to register: fetch the registration form and submit it with a solved {NS_POW} challenge"
+        )));
+    };
+    let now = kabar_core::time::unix_now();
+    gate.check(challenge.trim(), nonce.trim(), client, server.registration.pow_difficulty(), now)
+        .map_err(|e| pow_error(server, e))
+}
+
+fn pow_error(server: &Server, e: PowError) -> StanzaError {
+    let counters = &server.registration.pow;
+    match e {
+        PowError::Malformed | PowError::Forged | PowError::Outdated => counters.invalid.inc(),
+        PowError::Expired => counters.expired.inc(),
+        PowError::Wrong => counters.wrong.inc(),
+        PowError::Reused => counters.reused.inc(),
+        PowError::Full => {}
+    }
+    match e {
+        PowError::Full => StanzaError::new(ErrorType::Wait, "resource-constraint").with_text(e.to_string()),
+        _ => StanzaError::not_acceptable().with_text(e.to_string()),
+    }
 }
 
 fn own_account(server: &Server, iq: &IqRequest) -> Result<BareJid, StanzaError> {
@@ -225,6 +383,10 @@ fn own_account(server: &Server, iq: &IqRequest) -> Result<BareJid, StanzaError> 
 impl Module for RegisterModule {
     fn name(&self) -> &'static str {
         "register"
+    }
+
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
     }
 
     fn server_features(&self) -> Vec<&'static str> {

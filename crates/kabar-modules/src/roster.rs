@@ -196,6 +196,10 @@ impl Module for RosterModule {
         "roster"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     /// RFC 6121 §2.6.1 (roster versioning) and §3.4.1 (subscription pre-approval).
     fn stream_features(&self) -> Vec<Element> {
         vec![elem("ver", ns::ROSTER_VER_FEATURE), elem("sub", ns::PRE_APPROVAL_FEATURE)]

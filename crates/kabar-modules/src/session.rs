@@ -31,6 +31,10 @@ impl Module for SessionModule {
         "session"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn stream_features(&self) -> Vec<Element> {
         vec![elem("session", ns::SESSION).with_child(elem("optional", ns::SESSION))]
     }

@@ -38,6 +38,10 @@ use tracing::{info, warn};
 
 use crate::adhoc::{self, AdhocCommand, AdhocCommands, CommandReply, CommandRequest};
 
+mod confirm;
+pub use confirm::{ConfirmError, RequestError, Requested, SubAction};
+use confirm::PendingConfirmations;
+
 pub const STORE_STATE: &str = "monitor-state";
 pub const STORE_MINUTES: &str = "monitor-minutes";
 pub const STORE_HOURS: &str = "monitor-hours";
@@ -153,6 +157,8 @@ struct Inner {
     data: BTreeMap<String, ServiceData>,
     incidents: BTreeMap<String, Incident>,
     subscribers: BTreeSet<String>,
+    /// (Un)subscriptions asked for on the status page, waiting for the account to confirm.
+    pending: PendingConfirmations,
     /// Last hour (detection minutes / 60) whose expired keys were swept.
     swept_hour: Option<u64>,
 }
@@ -180,6 +186,42 @@ pub struct Snapshot {
 struct SavedState {
     minute_secs: u64,
     monitor: ServiceMonitor,
+}
+
+/// Why a subscription request from the page was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebSubscribeError {
+    #[error("not a valid JID")]
+    InvalidJid,
+    #[error("only accounts of this server can subscribe here")]
+    NotLocal,
+    #[error(transparent)]
+    Limited(#[from] RequestError),
+}
+
+/// Why a confirmation did not go through.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfirmFailure {
+    #[error(transparent)]
+    Confirm(#[from] ConfirmError),
+    #[error("could not change the subscription ({})", .0.condition)]
+    Store(StanzaError),
+}
+
+/// `sha256=<hex>` HMAC-SHA256 of a webhook body under the configured secret: the value of the
+/// `X-Kabar-Signature` header, so a receiver can tell kabar's deliveries from forged ones.
+pub fn webhook_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in tag {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 /// Why a report was not taken.
@@ -272,6 +314,7 @@ impl StatusHub {
                 data,
                 incidents: BTreeMap::new(),
                 subscribers: BTreeSet::new(),
+                pending: PendingConfirmations::new(cfg.max_pending_confirmations, cfg.max_pending_per_ip, cfg.confirm_ttl_secs),
                 swept_hour: None,
             }),
             cfg,
@@ -780,6 +823,65 @@ impl StatusHub {
         Ok(was)
     }
 
+    /// A subscription change asked for on the status page: validates the JID (an account of this
+    /// server, not the bot) and sends it a confirmation message from the bot. Answers the same
+    /// whether or not the account exists, so the form cannot be used to probe for accounts.
+    pub async fn request_web_subscription(
+        &self,
+        server: &Server,
+        jid: &str,
+        action: SubAction,
+        ip: IpAddr,
+    ) -> Result<(), WebSubscribeError> {
+        let jid = parse_bare(jid.trim()).map_err(|_| WebSubscribeError::InvalidJid)?;
+        if jid.node().is_none() || jid.domain().as_str() != self.domain || Some(&jid) == self.bot.as_ref() {
+            return Err(WebSubscribeError::NotLocal);
+        }
+        let requested = self.lock().pending.request(jid.as_str(), action, ip, now_secs())?;
+        if let Requested::New(token) = requested {
+            let what = match action {
+                SubAction::Subscribe => "subscribe you to outage alerts",
+                SubAction::Unsubscribe => "stop outage alerts to you",
+            };
+            let text = format!(
+                "Someone (perhaps you) asked on {url}/status to {what} ({jid}). To confirm, reply \"confirm {token}\" or open {url}/status/confirm?token={token} within {hours} hours. If it was not you, ignore this message: nothing changes.",
+                url = self.public_url,
+                hours = self.cfg.confirm_ttl_secs.max(1).div_ceil(3600),
+            );
+            self.send_chat(server, jid.as_str(), &text).await;
+        }
+        Ok(())
+    }
+
+    /// Confirmations waiting (bounded by `max_pending_confirmations`).
+    pub fn pending_confirmations(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// What a confirmation token would do (for the page that asks before using it).
+    pub fn peek_confirmation(&self, token: &str) -> Result<(String, SubAction), ConfirmError> {
+        self.lock().pending.peek(token, now_secs())
+    }
+
+    /// Use a confirmation token: from the link (`from` None) or a chat reply by `from`.
+    /// Returns the JID, the action and whether it changed anything.
+    pub async fn confirm_subscription(
+        &self,
+        server: &Server,
+        token: &str,
+        from: Option<&BareJid>,
+    ) -> Result<(BareJid, SubAction, bool), ConfirmFailure> {
+        let (jid, action) = self.lock().pending.confirm(token, from.map(|j| j.as_str()), now_secs())?;
+        let jid = parse_bare(&jid).map_err(|_| ConfirmFailure::Confirm(ConfirmError::Unknown))?;
+        let changed = match action {
+            SubAction::Subscribe => self.subscribe(server, &jid).await,
+            SubAction::Unsubscribe => self.unsubscribe(server, &jid).await,
+        }
+        .map_err(ConfirmFailure::Store)?;
+        info!(jid = %jid, action = action.as_str(), "monitor: alert subscription confirmed");
+        Ok((jid, action, changed))
+    }
+
     /// A report from a logged-in account (chat or ad-hoc command).
     pub fn report_from_account(
         &self,
@@ -943,6 +1045,14 @@ impl StatusModule {
                 Ok(_) => "Unsubscribed.".to_owned(),
                 Err(e) => format!("Could not unsubscribe ({}).", e.condition),
             },
+            "confirm" => match words.next() {
+                Some(token) => match hub.confirm_subscription(server, token, Some(&account)).await {
+                    Ok((_, SubAction::Subscribe, _)) => "Confirmed: you are subscribed to outage alerts. Send \"unsubscribe\" to stop.".to_owned(),
+                    Ok((_, SubAction::Unsubscribe, _)) => "Confirmed: you are unsubscribed.".to_owned(),
+                    Err(e) => format!("Not confirmed: {e}."),
+                },
+                None => "Usage: confirm <code from the confirmation message>.".to_owned(),
+            },
             "report" => {
                 let services: Vec<&str> = hub.services.iter().map(|s| s.name.as_str()).collect();
                 let first = words.next();
@@ -982,6 +1092,12 @@ impl StatusModule {
 impl Module for StatusModule {
     fn name(&self) -> &'static str {
         "status"
+    }
+
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        // Only messages and presence for the status bot; IQs to it go their usual way.
+        H::ON_FILTER_IN_MESSAGE | H::ON_FILTER_IN_PRESENCE
     }
 
     async fn on_event(&self, server: &Server, event: &Event<'_>) -> Flow {

@@ -546,6 +546,11 @@ impl Module for UploadModule {
         "upload"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_ACCOUNT_DELETED
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         if self.uploads.enabled {
             vec![NS_UPLOAD]

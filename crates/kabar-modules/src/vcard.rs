@@ -115,6 +115,10 @@ impl Module for VcardModule {
         "vcard"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_VCARD]
     }

@@ -37,6 +37,10 @@ impl Module for VersionModule {
         "version"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        kabar_core::Hooks::NONE
+    }
+
     fn server_features(&self) -> Vec<&'static str> {
         vec![NS_VERSION]
     }

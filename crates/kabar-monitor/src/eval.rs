@@ -373,6 +373,23 @@ pub struct EvalReport {
     pub false_alarms_in_surges: usize,
     /// Ok → PossibleProblems entries outside every outage.
     pub false_possible: usize,
+    /// 5× outages not detected within 5 minutes, for studying what the detector misses.
+    #[serde(default)]
+    pub missed_5x: Vec<MissedOutage>,
+}
+
+/// A 5× outage the detector did not catch within 5 minutes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MissedOutage {
+    pub seed: u64,
+    pub service: String,
+    /// Local (WIB) hour of day at the outage start.
+    pub local_hour: u32,
+    pub minutes: u64,
+    /// Normal (pre-outage) rate at the start, reports/minute, without noise.
+    pub normal_rate: f64,
+    /// Time to detect, if detected later.
+    pub ttd: Option<u64>,
 }
 
 impl EvalReport {
@@ -417,6 +434,7 @@ impl EvalReport {
         self.false_alarms += other.false_alarms;
         self.false_alarms_in_surges += other.false_alarms_in_surges;
         self.false_possible += other.false_possible;
+        self.missed_5x.extend_from_slice(&other.missed_5x);
     }
 
     /// Highest false-alarm rate of any single service, per week.
@@ -734,6 +752,7 @@ pub fn run_evaluation_with(cfg: &EvalConfig) -> EvalReport {
         false_alarms: 0,
         false_alarms_in_surges: 0,
         false_possible: 0,
+        missed_5x: Vec::new(),
     };
 
     for (idx, spec) in cfg.services.iter().enumerate() {
@@ -770,6 +789,18 @@ pub fn run_evaluation_with(cfg: &EvalConfig) -> EvalReport {
             }
             if o.magnitude == 5.0 {
                 svc.detection_5x.add(ttd, alerted);
+                if !ttd.is_some_and(|t| t <= 5) {
+                    report.missed_5x.push(MissedOutage {
+                        seed: cfg.seed,
+                        service: spec.name.clone(),
+                        local_hour: ((o.start % 1440) / 60) as u32,
+                        minutes: o.end - o.start,
+                        normal_rate: spec.base_rate
+                            * cycle(o.start)
+                            * (1.0 + spec.weekly_growth).powf(o.start as f64 / WEEK as f64),
+                        ttd,
+                    });
+                }
             }
         }
         let in_outage = |m: u64| sched.outages.iter().any(|o| m >= o.start && m < o.end + grace);

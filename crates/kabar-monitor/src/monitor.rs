@@ -198,6 +198,7 @@ impl ServiceMonitor {
         let limit = u64::from(self.cfg.max_excluded_incident_minutes);
         let clean = self.detector.open_incident().is_none_or(|i| minute >= i.start_minute + limit);
         let exp = self.baseline.observe(minute, count, clean);
+        self.buckets.ensure_capacity(self.cfg.detector.longest_window() as usize);
         self.buckets.push(MinuteBucket { minute, count, expected: exp.per_minute });
         let signals: Vec<WindowSignal> = self
             .cfg
@@ -208,6 +209,13 @@ impl ServiceMonitor {
             .collect();
         let probes = self.probes.level(minute, &self.cfg.detector);
         let capped = minute < self.capped_until;
+        self.detector.observe_minute(count, exp.per_minute);
+        if let Some(rule) = self.cfg.detector.onset {
+            if let Some(short) = signals.iter().find(|s| s.minutes == rule.short_minutes) {
+                let end = minute.saturating_sub(u64::from(rule.short_minutes));
+                self.detector.observe_onset(short, self.buckets.window(end, rule.lookback_minutes));
+            }
+        }
         let events = self.detector.step(minute, &signals, probes, capped);
         if events.iter().any(|e| matches!(e, Event::IncidentOpened { .. })) {
             let from = minute.saturating_sub(u64::from(self.cfg.unclean_lookback_minutes));

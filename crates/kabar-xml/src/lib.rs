@@ -10,9 +10,11 @@
 //! stamp (`from`).
 
 mod framer;
+mod shared;
 mod writer;
 
 pub use framer::{FramerError, Limits, StreamEvent, StreamFramer, StreamHeader};
+pub use shared::SharedEncoding;
 pub use minidom::Element;
 pub use writer::{element_to_bytes, element_to_bytes_with_prefixes, HeaderAttrs, StreamWriter, WriteError};
 

@@ -12,11 +12,20 @@ pub struct StreamWriter {
     buf: BytesMut,
     /// (internal namespace, namespace on the wire); the inverse of the framer's alias.
     alias: Option<(&'static str, &'static str)>,
+    /// The header's default namespace, which [`SharedEncoding`](crate::SharedEncoding) bytes
+    /// must match to be spliced in.
+    content_ns: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serialise XML: {0}")]
 pub struct WriteError(String);
+
+impl WriteError {
+    pub(crate) fn new(why: impl Into<String>) -> WriteError {
+        WriteError(why.into())
+    }
+}
 
 /// Attributes of the header the server sends (RFC 6120 §4.7).
 pub struct HeaderAttrs<'a> {
@@ -36,7 +45,7 @@ impl Default for StreamWriter {
 
 impl StreamWriter {
     pub fn new() -> Self {
-        StreamWriter { encoder: Encoder::new(), buf: BytesMut::with_capacity(4096), alias: None }
+        StreamWriter { encoder: Encoder::new(), buf: BytesMut::new(), alias: None, content_ns: None }
     }
 
     /// Elements in namespace `internal` are written in namespace `wire`.
@@ -48,6 +57,7 @@ impl StreamWriter {
     /// Writes the XML declaration and the open `<stream:stream>` tag, starting a fresh stream.
     pub fn open(&mut self, h: &HeaderAttrs<'_>) -> Result<(), WriteError> {
         self.encoder = Encoder::new();
+        self.content_ns = Some(h.content_ns.to_string());
         let content_ns = Namespace::from(h.content_ns.to_string());
         let stream_prefix = nc("stream")?;
         self.encoder.ns_tracker_mut().declare_fixed(None, content_ns);
@@ -80,14 +90,25 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Writes the copy of a shared stanza for `to`, when its bytes fit this stream (same default
+    /// namespace, no alias); false means the caller writes the element instead.
+    pub fn shared(&mut self, enc: &crate::SharedEncoding, to: &str) -> bool {
+        if self.alias.is_some() || self.content_ns.as_deref() != Some(enc.ns()) {
+            return false;
+        }
+        enc.write_in_stream(to, &mut self.buf);
+        true
+    }
+
     /// Writes `</stream:stream>`.
     pub fn close(&mut self) -> Result<(), WriteError> {
         self.item(Item::ElementFoot)
     }
 
-    /// Takes the bytes written so far.
+    /// Takes the bytes written so far, buffer and all: between writes the stream holds no buffer
+    /// (an idle connection's memory, docs/BENCHMARKS.md).
     pub fn take(&mut self) -> BytesMut {
-        self.buf.split()
+        std::mem::take(&mut self.buf)
     }
 
     pub fn has_pending(&self) -> bool {
@@ -99,11 +120,11 @@ impl StreamWriter {
     }
 }
 
-fn nc(name: &str) -> Result<&NcNameStr, WriteError> {
+pub(crate) fn nc(name: &str) -> Result<&NcNameStr, WriteError> {
     <&NcNameStr>::try_from(name).map_err(|e| WriteError(format!("{name}: {e}")))
 }
 
-fn write_element(
+pub(crate) fn write_element(
     enc: &mut Encoder<SimpleNamespaces>,
     el: &Element,
     out: &mut BytesMut,

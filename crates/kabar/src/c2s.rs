@@ -29,6 +29,8 @@ pub struct C2s {
     pub server: Arc<Server>,
     pub tls: Arc<Tls>,
     pub resumable: Arc<ResumeRegistry>,
+    /// Rolling restart (docs/CLUSTER.md): while draining, new streams are sent elsewhere.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// Negotiation state of one connection before the session starts.
@@ -120,7 +122,7 @@ impl C2s {
         let direct_tls = direct_tls
             || matches!(timeout_at(deadline, tcp.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16);
         let io = if direct_tls {
-            match timeout_at(deadline, self.tls.acceptor.accept(tcp)).await {
+            match Box::pin(timeout_at(deadline, self.tls.acceptor.accept(tcp))).await {
                 Ok(Ok(tls)) => {
                     conn.secure = true;
                     conn.cb = self.tls.channel_bindings(tls.get_ref().1);
@@ -135,54 +137,11 @@ impl C2s {
         self.negotiate_and_serve(conn, io).await;
     }
 
-    async fn negotiate_and_serve(&self, mut conn: Conn, mut io: Io) {
-        let deadline = conn.deadline;
-        let bound = loop {
-            match self.round(&mut conn, &mut io).await {
-                Round::Restart => continue,
-                Round::StartTls => {
-                    let Io::Plain(tcp) = io else { return };
-                    match timeout_at(deadline, self.tls.acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            conn.secure = true;
-                            conn.cb = self.tls.channel_bindings(tls.get_ref().1);
-                            io = Io::Tls(Box::new(tls));
-                            conn.reader.reset();
-                            conn.writer.reset();
-                            conn.stream_id = random_id(16);
-                        }
-                        Ok(Err(e)) => return debug!(error = %e, "TLS handshake after STARTTLS failed"),
-                        Err(_) => return debug!("TLS handshake timed out"),
-                    }
-                }
-                Round::Bound(b) => break b,
-                Round::Resume { previd, h } => {
-                    let target = conn.authed.as_ref().and_then(|account| self.resumable.find(&previd, account));
-                    if let Some(target) = target {
-                        let req = ResumeRequest { h, io, reader: conn.reader, writer: conn.writer };
-                        match target.send(req).await {
-                            // The session's own task carries on with this connection.
-                            Ok(()) => return,
-                            Err(mpsc::error::SendError(back)) => {
-                                io = back.io;
-                                conn.reader = back.reader;
-                                conn.writer = back.writer;
-                            }
-                        }
-                    }
-                    let failed = elem("failed", NS_SM).with_child(elem("item-not-found", ns::STANZAS));
-                    if conn.writer.send(&mut io, &failed).await.is_err() {
-                        return;
-                    }
-                    // The client may bind a new session on the same stream.
-                    match self.round_elements(&mut conn, &mut io).await {
-                        Round::Bound(b) => break b,
-                        _ => return,
-                    }
-                }
-                Round::End => return,
-            }
-        };
+    async fn negotiate_and_serve(&self, conn: Conn, io: Io) {
+        // Negotiation (TLS, SASL, bind) has the largest futures of a connection's life. Boxed,
+        // they are freed once the session starts, so an idle session's task holds only the
+        // session loop (docs/BENCHMARKS.md, memory per idle connection).
+        let Some((conn, io, bound)) = Box::pin(self.negotiate(conn, io)).await else { return };
         tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
         info!(secure = conn.secure, "session started");
         self.server.notify(kabar_core::Event::SessionStarted { jid: &bound.jid }).await;
@@ -192,7 +151,68 @@ impl C2s {
         if let Some(resume_id) = sm {
             session.preset_sm(resume_id);
         }
+        // A drain waits for this task: its end reroutes what the client never acknowledged.
+        let _task = self.drain.session_task();
         session.run(io, reader, writer).await;
+    }
+
+    /// Stream rounds until a resource is bound (`None`: the connection ended, or a resumed
+    /// session took it over).
+    async fn negotiate(&self, mut conn: Conn, mut io: Io) -> Option<(Conn, Io, Bound)> {
+        let deadline = conn.deadline;
+        let bound = loop {
+            match self.round(&mut conn, &mut io).await {
+                Round::Restart => continue,
+                Round::StartTls => {
+                    let Io::Plain(tcp) = io else { return None };
+                    match timeout_at(deadline, self.tls.acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            conn.secure = true;
+                            conn.cb = self.tls.channel_bindings(tls.get_ref().1);
+                            io = Io::Tls(Box::new(tls));
+                            conn.reader.reset();
+                            conn.writer.reset();
+                            conn.stream_id = random_id(16);
+                        }
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "TLS handshake after STARTTLS failed");
+                            return None;
+                        }
+                        Err(_) => {
+                            debug!("TLS handshake timed out");
+                            return None;
+                        }
+                    }
+                }
+                Round::Bound(b) => break b,
+                Round::Resume { previd, h } => {
+                    let target = conn.authed.as_ref().and_then(|account| self.resumable.find(&previd, account));
+                    if let Some(target) = target {
+                        let req = ResumeRequest { h, io, reader: conn.reader, writer: conn.writer };
+                        match target.send(req).await {
+                            // The session's own task carries on with this connection.
+                            Ok(()) => return None,
+                            Err(mpsc::error::SendError(back)) => {
+                                io = back.io;
+                                conn.reader = back.reader;
+                                conn.writer = back.writer;
+                            }
+                        }
+                    }
+                    let failed = elem("failed", NS_SM).with_child(elem("item-not-found", ns::STANZAS));
+                    if conn.writer.send(&mut io, &failed).await.is_err() {
+                        return None;
+                    }
+                    // The client may bind a new session on the same stream.
+                    match self.round_elements(&mut conn, &mut io).await {
+                        Round::Bound(b) => break b,
+                        _ => return None,
+                    }
+                }
+                Round::End => return None,
+            }
+        };
+        Some((conn, io, bound))
     }
 
     pub(crate) async fn fail_stream<S: AsyncWrite + Unpin>(&self, conn: &mut Conn, io: &mut S, condition: &str, text: Option<&str>) -> Round {
@@ -249,6 +269,9 @@ impl C2s {
         };
         if let Err(round) = self.accept_header(conn, io, &header).await {
             return round;
+        }
+        if self.drain.is_draining() {
+            return self.refuse_draining(conn, io).await;
         }
         if !conn.admitted {
             if let Err(refusal) = self.server.admit(Work::Login) {

@@ -97,10 +97,10 @@ async fn run(server: Arc<Server>, mut io: TcpStream, _peer: SocketAddr) {
                 Err(ReadError::Framing(e)) => { let _ = writer.stream_error(&mut wr, &error_header, e.condition(), None).await; break; }
                 Err(_) => break,
             },
-            item = rx.recv() => match item {
+            item = rx.recv() => match item.map(Outbound::unshare) {
                 Some(Outbound::Stanza(el)) => { if writer.send(&mut wr, &el).await.is_err() { break; } }
                 Some(Outbound::Close { condition, text }) => { let _ = writer.stream_error(&mut wr, &error_header, condition, text.as_deref()).await; break; }
-                None => break,
+                Some(Outbound::Shared(_)) | None => break,
             },
         }
     }

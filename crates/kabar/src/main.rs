@@ -9,6 +9,7 @@ mod import;
 mod monitor;
 mod probes;
 mod component;
+mod drain;
 mod session;
 mod storage;
 mod stream;
@@ -59,6 +60,22 @@ enum Command {
     /// Invitations (XEP-0401, docs/INVITES.md); work whether the server is running or not.
     #[command(subcommand)]
     Invite(InviteCommand),
+    /// Drain the running server before a stop or upgrade (docs/CLUSTER.md): it refuses new
+    /// streams, sends its clients to other cluster nodes (<see-other-host/>) or closes them with
+    /// <system-shutdown/>, waits for them to leave, then exits. Goes through the admin API.
+    Drain {
+        /// Longest wait for the sessions to leave, in seconds (default: `[drain] timeout_secs`).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Seconds to keep redirecting new streams once empty (default: `[drain] linger_secs`).
+        #[arg(long)]
+        linger: Option<u64>,
+        /// Return once the drain has started instead of following it until the node exits.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +189,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(common) => serve(common).await,
+        Command::Drain { timeout, linger, no_wait, common } => drain::cli(&load_config(&common)?, timeout, linger, !no_wait).await,
         Command::User(cmd) => user(cmd).await,
         Command::Invite(cmd) => invite(cmd).await,
         Command::Import(ImportCommand::Whatsapp { user, with, me, utc_offset, date_order, file, common }) => {
@@ -270,6 +288,17 @@ async fn serve(common: Common) -> Result<()> {
     if let Some(dir) = &cluster {
         dir.start(&server).await?;
     }
+    // Rolling restart (docs/CLUSTER.md): where a drain sends this node's clients.
+    let redirects = match &cluster {
+        Some(dir) => {
+            if let Some(a) = config.cluster.public_address.as_deref().filter(|a| !kabar_cluster::drain::valid_address(a.trim())) {
+                bail!("[cluster] public_address = {a:?} is not host:port (what clients of a draining node are told to connect to)");
+            }
+            Some(kabar_cluster::drain::Redirects::start(dir.clone(), config.cluster.public_address.clone()).await?)
+        }
+        None => None,
+    };
+    let drain = drain::Drain::new(&config.drain, cluster.clone(), redirects);
 
     let starttls = bind_all(&config.c2s.listen, "client connections (STARTTLS)").await?;
     let direct = bind_all(&config.c2s.direct_tls_listen, "client connections (direct TLS)").await?;
@@ -281,7 +310,7 @@ async fn serve(common: Common) -> Result<()> {
     } else {
         bind_all(&config.components.listen, "external components").await?
     };
-    let c2s = Arc::new(c2s::C2s { server: server.clone(), tls: tls.clone(), resumable: Default::default() });
+    let c2s = Arc::new(c2s::C2s { server: server.clone(), tls: tls.clone(), resumable: Default::default(), drain: drain.clone() });
     let mut tasks = tokio::task::JoinSet::new();
     for l in starttls {
         tasks.spawn(accept_c2s(l, c2s.clone(), false));
@@ -317,7 +346,8 @@ async fn serve(common: Common) -> Result<()> {
         config.domain,
         tls.ca_path.as_ref().map(|p| format!(" (trust the private CA {})", p.display())).unwrap_or_default(),
     );
-    shutdown_signal().await;
+    // SIGTERM or `kabar drain`: move the clients away first (docs/CLUSTER.md).
+    drain.until_stopped(&server).await;
     info!("shutting down");
     tasks.abort_all();
     if let Some(dir) = &cluster {

@@ -250,6 +250,22 @@ pub async fn http_request(
     json_body: Option<&[u8]>,
     max: usize,
 ) -> Result<(u16, Vec<u8>), String> {
+    http_request_with_headers(tls, method, url, json_body, &[], max).await
+}
+
+/// [`http_request`] with extra request headers (webhook signature and delivery id). Names and
+/// values must not contain CR or LF.
+pub async fn http_request_with_headers(
+    tls: &TlsConnector,
+    method: &str,
+    url: &str,
+    json_body: Option<&[u8]>,
+    headers: &[(&str, String)],
+    max: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    if headers.iter().any(|(n, v)| n.contains(['\r', '\n', ':']) || v.contains(['\r', '\n'])) {
+        return Err("malformed header".to_owned());
+    }
     let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("http://") {
@@ -277,6 +293,9 @@ pub async fn http_request(
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kabar-monitor\r\nAccept: */*\r\nConnection: close\r\n");
     if let Some(body) = json_body {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use jid::{BareJid, FullJid};
 use kabar_core::ns;
 use kabar_core::ratelimit::TokenBucket;
-use kabar_core::sessions::Outbound;
+use kabar_core::sessions::{Outbound, SharedStanza};
 use kabar_core::stanza::Kind;
 use kabar_core::{Event, Server};
 use kabar_xml::{elem, Element, ElementExt, HeaderAttrs, StreamEvent};
@@ -62,13 +62,45 @@ impl ResumeRegistry {
     }
 }
 
+/// A stanza on its way to the client: its own tree, or a share of one a room encoded once for all
+/// its occupants (kept shared in the XEP-0198 queue too, so a large room costs each session a
+/// reference, not a copy).
+enum Queued {
+    Own(Element),
+    Shared(SharedStanza),
+}
+
+impl Queued {
+    fn from_outbound(item: Outbound) -> Option<Queued> {
+        match item {
+            Outbound::Stanza(el) => Some(Queued::Own(el)),
+            Outbound::Shared(s) => Some(Queued::Shared(s)),
+            Outbound::Close { .. } => None,
+        }
+    }
+
+    fn stanza(&self) -> &Element {
+        match self {
+            Queued::Own(el) => el,
+            Queued::Shared(s) => &s.body.stanza,
+        }
+    }
+
+    fn into_element(self) -> Element {
+        match self {
+            Queued::Own(el) => el,
+            Queued::Shared(s) => s.to_element(),
+        }
+    }
+}
+
 struct Sm {
     id: Option<String>,
     /// Stanzas handled from the client (`h` we report).
     inbound: u32,
     /// Stanzas written to the client.
     outbound: u32,
-    unacked: VecDeque<Element>,
+    unacked: VecDeque<Queued>,
     ack_requested: bool,
 }
 
@@ -104,7 +136,7 @@ pub struct Session {
     sm: Option<Sm>,
     resume_rx: Option<mpsc::Receiver<ResumeRequest>>,
     /// Routed to us while no connection was attached; written on resume.
-    pending: VecDeque<Element>,
+    pending: VecDeque<Queued>,
     inactive: bool,
     held_presence: Vec<Element>,
     bucket: TokenBucket,
@@ -179,8 +211,9 @@ impl Session {
     }
 
     /// Queues a stanza for the client, applying CSI and counting it for stream management.
-    fn queue_stanza(&mut self, l: &mut Live, el: Element) {
-        if self.inactive && is_holdable_presence(&el) {
+    fn queue_stanza(&mut self, l: &mut Live, q: Queued) {
+        if self.inactive && is_holdable_presence(q.stanza()) {
+            let el = q.into_element();
             let from = el.attr("from").map(str::to_string);
             self.held_presence.retain(|p| p.attr("from").map(str::to_string) != from);
             self.held_presence.push(el);
@@ -188,23 +221,27 @@ impl Session {
         }
         if !self.held_presence.is_empty() {
             for p in std::mem::take(&mut self.held_presence) {
-                self.write_counted(l, p);
+                self.write_counted(l, Queued::Own(p));
             }
         }
-        self.write_counted(l, el);
+        self.write_counted(l, q);
     }
 
-    fn write_counted(&mut self, l: &mut Live, el: Element) {
-        if l.writer.queue(&el).is_err() {
+    fn write_counted(&mut self, l: &mut Live, q: Queued) {
+        let written = match &q {
+            Queued::Own(el) => l.writer.queue(el),
+            Queued::Shared(s) => l.writer.queue_shared(s),
+        };
+        if written.is_err() {
             warn!("could not serialise an outgoing stanza");
             return;
         }
-        if let Some(kind) = Kind::of(&el) {
+        if let Some(kind) = Kind::of(q.stanza()) {
             self.server.metrics.stanza_out(kind);
         }
         if let Some(sm) = self.sm.as_mut() {
             sm.outbound = sm.outbound.wrapping_add(1);
-            sm.unacked.push_back(el);
+            sm.unacked.push_back(q);
         }
     }
 
@@ -226,9 +263,9 @@ impl Session {
         let mut last_activity = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         // Stanzas that arrived while detached go out first.
-        let pending: Vec<Element> = self.pending.drain(..).collect();
-        for el in pending {
-            self.queue_stanza(l, el);
+        let pending: Vec<Queued> = self.pending.drain(..).collect();
+        for q in pending {
+            self.queue_stanza(l, q);
         }
         self.maybe_request_ack(l);
         if l.writer.flush(&mut l.wr).await.is_err() {
@@ -274,7 +311,8 @@ impl Session {
                 item = self.rx.recv() => {
                     let mut close = None;
                     match item {
-                        Some(Outbound::Stanza(el)) => self.queue_stanza(l, el),
+                        Some(Outbound::Stanza(el)) => self.queue_stanza(l, Queued::Own(el)),
+                        Some(Outbound::Shared(s)) => self.queue_stanza(l, Queued::Shared(s)),
                         Some(Outbound::Close { condition, text }) => close = Some((condition, text)),
                         None => return Step::End,
                     }
@@ -283,7 +321,8 @@ impl Session {
                             break;
                         }
                         match self.rx.try_recv() {
-                            Ok(Outbound::Stanza(more)) => self.queue_stanza(l, more),
+                            Ok(Outbound::Stanza(more)) => self.queue_stanza(l, Queued::Own(more)),
+                            Ok(Outbound::Shared(more)) => self.queue_stanza(l, Queued::Shared(more)),
                             Ok(Outbound::Close { condition, text }) => close = Some((condition, text)),
                             Err(_) => break,
                         }
@@ -340,7 +379,9 @@ impl Session {
                 // Shape instead of punishing: stop reading for a moment.
                 tokio::time::sleep(wait).await;
             }
-            self.server.from_client(&self.jid, el).await;
+            // Boxed: routing's future is large and only lives while a stanza is handled; inline
+            // it would sit in every idle session's task.
+            Box::pin(self.server.from_client(&self.jid, el)).await;
             // XEP-0198 §4: counted once handled (routed, stored or answered).
             if let Some(sm) = self.sm.as_mut() {
                 sm.inbound = sm.inbound.wrapping_add(1);
@@ -348,7 +389,7 @@ impl Session {
             return None;
         }
         if el.ns() == NS_SM {
-            return self.sm_nonza(l, &el).await;
+            return Box::pin(self.sm_nonza(l, &el)).await;
         }
         if el.ns() == NS_CSI {
             match el.name() {
@@ -360,7 +401,7 @@ impl Session {
                     self.inactive = false;
                     self.server.sessions.update(&self.jid, &mut |s| s.inactive = false);
                     for p in std::mem::take(&mut self.held_presence) {
-                        self.write_counted(l, p);
+                        self.write_counted(l, Queued::Own(p));
                     }
                     self.maybe_request_ack(l);
                 }
@@ -439,15 +480,16 @@ impl Session {
                         return Some(req);
                     }
                 }
-                item = self.rx.recv() => match item {
-                    Some(Outbound::Stanza(el)) => {
-                        self.pending.push_back(el);
+                // A close request (or the directory dropping us) ends the wait like before.
+                item = self.rx.recv() => match item.and_then(Queued::from_outbound) {
+                    Some(q) => {
+                        self.pending.push_back(q);
                         if self.pending.len() > cap {
                             warn!("too much queued for a detached session; ending it");
                             return None;
                         }
                     }
-                    Some(Outbound::Close { .. }) | None => return None,
+                    None => return None,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     info!("resumption window passed");
@@ -481,14 +523,14 @@ impl Session {
         }
         sm.ack_requested = false;
         // Resent stanzas are counted again from the client's h.
-        let resend: Vec<Element> = sm.unacked.drain(..).collect();
+        let resend: Vec<Queued> = sm.unacked.drain(..).collect();
         sm.outbound = h;
         let resumed = elem("resumed", NS_SM).with_attr("previd", previd).with_attr("h", inbound.to_string());
         if l.writer.queue(&resumed).is_err() {
             return None;
         }
-        for el in resend {
-            self.write_counted(&mut l, el);
+        for q in resend {
+            self.write_counted(&mut l, q);
         }
         self.server.sessions.update(&self.jid, &mut |s| s.detached = false);
         info!("session resumed");
@@ -503,10 +545,11 @@ impl Session {
         self.rx.close();
         // XEP-0198 §4 / RFC 6121 §8.5.3.2.1: messages this session never confirmed go back through
         // routing — another resource takes them, or they wait in offline storage.
-        let mut undelivered: Vec<Element> = self.sm.take().map(|sm| sm.unacked.into_iter().collect()).unwrap_or_default();
-        undelivered.extend(self.pending.drain(..));
+        let mut undelivered: Vec<Element> =
+            self.sm.take().map(|sm| sm.unacked.into_iter().map(Queued::into_element).collect()).unwrap_or_default();
+        undelivered.extend(self.pending.drain(..).map(Queued::into_element));
         while let Ok(item) = self.rx.try_recv() {
-            if let Outbound::Stanza(el) = item {
+            if let Outbound::Stanza(el) = item.unshare() {
                 undelivered.push(el);
             }
         }
@@ -590,7 +633,7 @@ mod tests {
             id: None,
             inbound: 0,
             outbound,
-            unacked: (0..unacked).map(|i| elem("message", ns::CLIENT).with_attr("id", i.to_string())).collect(),
+            unacked: (0..unacked).map(|i| Queued::Own(elem("message", ns::CLIENT).with_attr("id", i.to_string()))).collect(),
             ack_requested: false,
         }
     }
@@ -600,7 +643,7 @@ mod tests {
         let mut sm = sm_with(10, 4); // 6 acked before, 4 outstanding
         assert!(ack(&mut sm, 8));
         assert_eq!(sm.unacked.len(), 2);
-        assert_eq!(sm.unacked[0].attr("id"), Some("2"));
+        assert_eq!(sm.unacked[0].stanza().attr("id"), Some("2"));
         assert!(ack(&mut sm, 8), "repeating an ack is harmless");
         assert!(!ack(&mut sm, 11), "more than sent is refused");
     }

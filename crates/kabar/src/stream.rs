@@ -7,9 +7,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use kabar_core::ns;
+use kabar_core::sessions::SharedStanza;
 use bytes::BytesMut;
 use kabar_xml::{elem, element_to_bytes, Element, ElementExt, FramerError, HeaderAttrs, StreamEvent, StreamFramer, StreamWriter};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -65,34 +66,56 @@ pub enum ReadError {
     Framing(#[from] FramerError),
 }
 
+/// Bytes taken from a socket in one read.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// The read buffer of every connection polled on this thread. A read fills it and the bytes
+    /// are framed within the same poll, so no connection owns a buffer while it waits: an idle
+    /// connection costs no read buffer at all (docs/BENCHMARKS.md, memory per idle connection).
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
 /// The reading half: bytes → framer → queued events.
 pub struct Reader {
     framer: StreamFramer,
     events: VecDeque<StreamEvent>,
-    buf: Box<[u8]>,
     /// Any byte arrived since the last call to `take_activity` (feeds the idle-ping timer).
     activity: bool,
 }
 
 impl Reader {
     pub fn new(framer: StreamFramer) -> Self {
-        Reader { framer, events: VecDeque::new(), buf: vec![0u8; 16 * 1024].into_boxed_slice(), activity: false }
+        Reader { framer, events: VecDeque::new(), activity: false }
     }
 
-    /// The next stream event. Cancel-safe: the only await is the socket read, and bytes that were
-    /// read are framed before returning.
+    /// The next stream event. Cancel-safe: bytes are framed in the same poll that read them, and
+    /// the only suspension point is a read that took nothing.
     pub async fn next<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<StreamEvent, ReadError> {
         loop {
             if let Some(ev) = self.events.pop_front() {
                 return Ok(ev);
             }
-            let n = io.read(&mut self.buf).await?;
+            let mut out = Vec::new();
+            let (n, result) = std::future::poll_fn(|cx| {
+                READ_BUF.with_borrow_mut(|buf| {
+                    let mut rb = ReadBuf::new(buf);
+                    match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {
+                            let read = rb.filled();
+                            let result = if read.is_empty() { Ok(()) } else { self.framer.feed(read, &mut out) };
+                            Poll::Ready(Ok((read.len(), result)))
+                        }
+                    }
+                })
+            })
+            .await?;
             if n == 0 {
                 return Err(ReadError::Eof);
             }
             self.activity = true;
-            let mut out = Vec::new();
-            let result = self.framer.feed(&self.buf[..n], &mut out);
             self.events.extend(out);
             if let Err(e) = result {
                 // Hand out what was complete before the bad bytes, then the error.
@@ -190,6 +213,26 @@ impl Writer {
         }
     }
 
+    /// Queues one recipient's share of a stanza encoded once for many: the shared bytes with its
+    /// `to` spliced in, or its element when the bytes do not fit this stream.
+    pub fn queue_shared(&mut self, s: &SharedStanza) -> io::Result<()> {
+        if let Some(enc) = &s.body.encoding {
+            match &mut self.mode {
+                Mode::Stream(sw) => {
+                    if sw.shared(enc, s.to.as_str()) {
+                        return Ok(());
+                    }
+                }
+                Mode::Framed(buf) => {
+                    enc.write_standalone(s.to.as_str(), buf);
+                    buf.extend_from_slice(&[FRAME_END]);
+                    return Ok(());
+                }
+            }
+        }
+        self.queue(&s.to_element())
+    }
+
     pub async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
         let bytes = match &mut self.mode {
             Mode::Stream(sw) => sw.has_pending().then(|| sw.take()),
@@ -215,6 +258,12 @@ impl Writer {
         condition: &str,
         text: Option<&str>,
     ) -> io::Result<()> {
+        // RFC 6120 §4.9.3.19: `<see-other-host/>` carries the other host as its character data,
+        // so for that condition (a drain's Outbound::Close) the text is the host, not `<text/>`.
+        if let ("see-other-host", Some(host)) = (condition, text) {
+            let el = elem(condition, ns::STREAM_ERRORS).with_text(host);
+            return self.stream_error_with(io, header, el, None).await;
+        }
         self.stream_error_with(io, header, elem(condition, ns::STREAM_ERRORS), text).await
     }
 

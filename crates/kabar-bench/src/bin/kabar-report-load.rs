@@ -107,6 +107,8 @@ async fn run(args: Args) -> Result<String, String> {
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = (args.server_pid != 0).then(|| proc_cpu_s(args.server_pid)).flatten();
+    // Our own CPU: when the chat generator shares our core, a busy report generator delays it.
+    let own0 = proc_cpu_s(std::process::id());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.connections {
@@ -135,6 +137,7 @@ async fn run(args: Args) -> Result<String, String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu0.and_then(|c0| proc_cpu_s(args.server_pid).map(|c1| c1 - c0));
+    let own = own0.and_then(|c0| proc_cpu_s(std::process::id()).map(|c1| c1 - c0));
     latencies.sort_unstable();
     let pct =
         |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).map(|us| *us as f64 / 1000.0);
@@ -156,6 +159,7 @@ async fn run(args: Args) -> Result<String, String> {
         "latency_ms_p99": pct(0.99),
         "server_cpu_s": cpu,
         "server_cores_busy": cpu.map(|c| (c / elapsed * 100.0).round() / 100.0),
+        "gen_cores_busy": own.map(|c| (c / elapsed * 100.0).round() / 100.0),
     })
     .to_string())
 }

@@ -296,6 +296,8 @@ impl RoomConfig {
 pub struct Stored {
     pub config: RoomConfig,
     pub affiliations: Vec<(BareJid, Affiliation)>,
+    /// Registered nicks (§7.10): (nick, who).
+    pub reserved: Vec<(String, BareJid)>,
     pub subject: Option<(String, String)>,
     pub creator: Option<BareJid>,
 }
@@ -310,6 +312,9 @@ impl Stored {
             room.append_child(
                 elem("affiliation", NS_STORED).with_attr("jid", jid.as_str()).with_attr("value", a.as_str()),
             );
+        }
+        for (nick, jid) in &self.reserved {
+            room.append_child(elem("reserved", NS_STORED).with_attr("jid", jid.as_str()).with_attr("nick", nick.as_str()));
         }
         if let Some((nick, text)) = &self.subject {
             room.append_child(elem("subject", NS_STORED).with_attr("nick", nick.as_str()).with_text(text.as_str()));
@@ -330,9 +335,14 @@ impl Stored {
                 Some((jid, Affiliation::parse(c.attr("value")?)?))
             })
             .collect();
+        let reserved = el
+            .children()
+            .filter(|c| c.is("reserved", NS_STORED))
+            .filter_map(|c| Some((c.attr("nick")?.to_string(), kabar_core::stanza::parse_bare(c.attr("jid")?).ok()?)))
+            .collect();
         let subject = el.get_child("subject", NS_STORED).map(|s| (s.attr("nick").unwrap_or("").to_string(), s.text()));
         let creator = el.attr("creator").and_then(|c| kabar_core::stanza::parse_bare(c).ok());
-        Some(Stored { config, affiliations, subject, creator })
+        Some(Stored { config, affiliations, reserved, subject, creator })
     }
 }
 

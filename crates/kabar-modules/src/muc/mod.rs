@@ -26,7 +26,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
+pub mod cluster;
 pub mod config;
+pub mod register;
 pub mod room;
 
 use std::collections::{BTreeSet, HashMap};
@@ -103,6 +105,8 @@ pub struct MucModule {
     owned: Mutex<HashMap<BareJid, usize>>,
     loaded: tokio::sync::OnceCell<()>,
     last_ts: AtomicI64,
+    /// Cluster mode: the tenure each in-memory room belongs to (cluster.rs).
+    tenures: cluster::Tenures,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +139,7 @@ impl MucModule {
             owned: Mutex::new(HashMap::new()),
             loaded: tokio::sync::OnceCell::new(),
             last_ts: AtomicI64::new(0),
+            tenures: cluster::Tenures::default(),
         }
     }
 
@@ -171,23 +176,7 @@ impl MucModule {
                     }
                 };
                 for (name, bytes) in stored {
-                    let Some(jid) = self.room_jid(&name) else { continue };
-                    let parsed = std::str::from_utf8(&bytes)
-                        .ok()
-                        .and_then(|s| s.parse::<Element>().ok())
-                        .and_then(|el| config::Stored::from_element(&el, RoomConfig::defaults(&self.cfg)));
-                    let Some(stored) = parsed else {
-                        warn!(room = %name, "stored room does not parse; skipped");
-                        continue;
-                    };
-                    let mut room = Room::from_stored(jid.clone(), stored);
-                    if room.config.archive {
-                        for (el, ts) in archive::recent(server, &jid, self.cfg.history_size).await {
-                            let chars = el.get_child("body", ns::CLIENT).map(|b| b.text().chars().count()).unwrap_or(0);
-                            let secs = u64::try_from(ts / 1_000_000).unwrap_or(0);
-                            room.history.push_back(room::HistoryEntry { stanza: el, unix_secs: secs, chars });
-                        }
-                    }
+                    let Some(room) = self.room_from_stored(server, &name, &bytes).await else { continue };
                     if let Some(c) = &room.creator {
                         *lock(&self.owned).entry(c.clone()).or_default() += 1;
                     }
@@ -195,6 +184,28 @@ impl MucModule {
                 }
             })
             .await;
+    }
+
+    /// A room from its stored document, with its history refilled from the room archive.
+    async fn room_from_stored(&self, server: &Server, name: &str, bytes: &[u8]) -> Option<Room> {
+        let jid = self.room_jid(name)?;
+        let parsed = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<Element>().ok())
+            .and_then(|el| config::Stored::from_element(&el, RoomConfig::defaults(&self.cfg)));
+        let Some(stored) = parsed else {
+            warn!(room = %name, "stored room does not parse; skipped");
+            return None;
+        };
+        let mut room = Room::from_stored(jid.clone(), stored);
+        if room.config.archive {
+            for (el, ts) in archive::recent(server, &jid, self.cfg.history_size).await {
+                let chars = el.get_child("body", ns::CLIENT).map(|b| b.text().chars().count()).unwrap_or(0);
+                let secs = u64::try_from(ts / 1_000_000).unwrap_or(0);
+                room.history.push_back(room::HistoryEntry { stanza: el, unix_secs: secs, chars });
+            }
+        }
+        Some(room)
     }
 
     fn room_jid(&self, name: &str) -> Option<BareJid> {
@@ -747,8 +758,24 @@ impl MucModule {
         }
         let pns = payload.ns();
         let result = match (payload.name(), pns.as_str(), is_set) {
+            ("query", NS_DISCO_INFO, false) if payload.attr("node") == Some(register::NODE_ROOMUSER) => {
+                Ok(Some(register::reserved_nick_info(&room, &bare)))
+            }
             ("query", NS_DISCO_INFO, false) => Ok(Some(self.room_info(&room, payload))),
-            ("query", NS_DISCO_ITEMS, false) => Ok(Some(elem("query", NS_DISCO_ITEMS))),
+            ("query", NS_DISCO_ITEMS, false) if payload.attr("node").is_none() => {
+                Ok(Some(room.occupant_items(from.try_as_full().ok())))
+            }
+            ("query", crate::register::NS_REGISTER, _) => {
+                match register::iq(ctx, &svc, &mut room, &bare, aff, is_set, payload).await {
+                    Ok((answer, changed)) => {
+                        if changed {
+                            self.save(ctx.server, name, &room).await;
+                        }
+                        Ok(answer)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             ("ping", NS_PING, false) => Ok(None),
             ("query", NS_MUC_OWNER, _) => self.owner_iq(ctx, name, &mut room, aff, is_set, payload).await,
             ("query", NS_MUC_ADMIN, _) => self.admin_iq(ctx, name, &mut room, from, aff, is_set, payload).await,
@@ -806,6 +833,7 @@ impl MucModule {
             NS_MUC,
             NS_DISCO_INFO,
             NS_DISCO_ITEMS,
+            crate::register::NS_REGISTER,
             NS_PING,
             FEATURE_SELF_PING,
             FEATURE_STABLE_ID,
@@ -1222,6 +1250,11 @@ impl Module for MucModule {
         "muc"
     }
 
+    fn hooks(&self) -> kabar_core::Hooks {
+        use kabar_core::Hooks as H;
+        H::ON_SESSION_CLOSED
+    }
+
     fn hosted_domains(&self) -> Vec<String> {
         if self.enabled {
             vec![self.domain.clone()]
@@ -1232,6 +1265,8 @@ impl Module for MucModule {
 
     async fn handle_hosted(&self, server: &Server, stanza: Element) {
         self.ensure_loaded(server).await;
+        // In a cluster, a room is served by its home node (cluster.rs).
+        let Some(stanza) = self.cluster_home(server, stanza).await else { return };
         let mut ctx = Ctx::new(server);
         self.dispatch(&mut ctx, stanza).await;
         for s in ctx.deferred {

@@ -7,12 +7,15 @@
 //! bounce coming back to the room cannot deadlock on it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
+use kabar_core::sessions::{SharedBody, SharedStanza};
 use kabar_core::stanza::{error_reply, StanzaError};
 use kabar_core::{ns, BareJid, FullJid, Server};
 use kabar_xml::{elem, Element, ElementExt};
 
 use super::config::{AllowPm, RoomConfig, Stored, Whois};
+use crate::disco::NS_DISCO_ITEMS;
 use super::{NS_MUC, NS_MUC_USER};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,6 +98,28 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Sends a stanza encoded once ([`SharedBody::new`]) to one session: local sessions get a
+    /// share of the bytes, anything else its own element.
+    pub async fn send_shared(&mut self, to: &FullJid, body: &Arc<SharedBody>) {
+        if to.domain().as_str() == self.server.domain {
+            self.server.deliver_shared(SharedStanza { body: Arc::clone(body), to: to.clone() }).await;
+        } else {
+            let mut stanza = body.stanza.clone();
+            stanza.set_attr_str("to", to.as_str());
+            self.deferred.push(stanza);
+        }
+    }
+
+    /// [`Ctx::send_shared`] to every session of every occupant in `to`.
+    pub async fn send_to_occupants<'o>(&mut self, to: impl IntoIterator<Item = &'o Occupant>, stanza: Element) {
+        let body = SharedBody::new(stanza);
+        for o in to {
+            for j in &o.jids {
+                self.send_shared(j, &body).await;
+            }
+        }
+    }
+
     pub fn route(&mut self, stanza: Element) {
         self.deferred.push(stanza);
     }
@@ -136,6 +161,8 @@ pub struct Room {
     pub jid: BareJid,
     pub config: RoomConfig,
     pub affiliations: HashMap<BareJid, Affiliation>,
+    /// Nicks reserved by registering with the room (§7.10), nick → who.
+    pub reserved: HashMap<String, BareJid>,
     pub occupants: HashMap<String, Occupant>,
     pub by_jid: HashMap<FullJid, String>,
     /// Nicks whose role is above visitor: in a channel the only occupants whose presence everyone
@@ -168,6 +195,7 @@ impl Room {
             jid,
             config,
             affiliations: HashMap::new(),
+            reserved: HashMap::new(),
             occupants: HashMap::new(),
             by_jid: HashMap::new(),
             speakers: BTreeSet::new(),
@@ -185,6 +213,7 @@ impl Room {
         let mut room = Room::new(jid, stored.config);
         room.fresh = false;
         room.affiliations = stored.affiliations.into_iter().collect();
+        room.reserved = stored.reserved.into_iter().collect();
         room.subject = stored.subject;
         room.creator = stored.creator;
         room
@@ -194,9 +223,12 @@ impl Room {
         let mut affiliations: Vec<(BareJid, Affiliation)> =
             self.affiliations.iter().map(|(j, a)| (j.clone(), *a)).collect();
         affiliations.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let mut reserved: Vec<(String, BareJid)> = self.reserved.iter().map(|(n, j)| (n.clone(), j.clone())).collect();
+        reserved.sort();
         Stored {
             config: self.config.clone(),
             affiliations,
+            reserved,
             subject: self.subject.clone(),
             creator: self.creator.clone(),
         }
@@ -204,6 +236,39 @@ impl Room {
 
     pub fn occupant_jid(&self, nick: &str) -> Option<FullJid> {
         self.jid.with_resource_str(nick).ok()
+    }
+
+    /// The nick `who` registered (§7.10), if any.
+    pub fn reserved_nick(&self, who: &BareJid) -> Option<&str> {
+        self.reserved.iter().find(|(_, owner)| *owner == who).map(|(nick, _)| nick.as_str())
+    }
+
+    /// Whether `nick` is reserved by someone other than `who`.
+    fn reserved_for_other(&self, nick: &str, who: &BareJid) -> bool {
+        self.reserved.get(nick).is_some_and(|owner| owner != who)
+    }
+
+    /// §6.5 disco#items of the room: the occupants' room JIDs when the occupant list is public
+    /// (a public room, or the asker is in it), nothing for a hidden room's outsiders. In a channel
+    /// only the speakers are listed: readers are never shown to each other (see `presence_audience`).
+    pub fn occupant_items(&self, asker: Option<&FullJid>) -> Element {
+        let mut q = elem("query", NS_DISCO_ITEMS);
+        let inside = asker.is_some_and(|j| self.by_jid.contains_key(j));
+        if !self.config.public && !inside {
+            return q;
+        }
+        let mut nicks: Vec<&String> = if self.config.channel {
+            self.speakers.iter().collect()
+        } else {
+            self.occupants.keys().collect()
+        };
+        nicks.sort();
+        for nick in nicks {
+            if let Some(j) = self.occupant_jid(nick) {
+                q.append_child(elem("item", NS_DISCO_ITEMS).with_attr("jid", j.as_str()));
+            }
+        }
+        q
     }
 
     pub fn affiliation_of(&self, svc: &Service<'_>, jid: &BareJid) -> Affiliation {
@@ -304,15 +369,15 @@ impl Room {
     ) {
         let Some(o) = self.occupants.get(nick) else { return };
         if only_new_session.is_none() {
-            let plain = self.available_presence(o, false, &[]);
-            let with_jid = self.available_presence(o, true, &[]);
+            let plain = SharedBody::new(self.available_presence(o, false, &[]));
+            let with_jid = SharedBody::new(self.available_presence(o, true, &[]));
             for r in self.presence_audience(o.role) {
                 if r.nick == nick {
                     continue;
                 }
                 let p = if self.sees_jids(r.role) { &with_jid } else { &plain };
                 for j in &r.jids {
-                    ctx.send(j, p.clone()).await;
+                    ctx.send_shared(j, p).await;
                 }
             }
         }
@@ -370,12 +435,12 @@ impl Room {
             }
             p.with_child(x)
         };
-        let plain = build(false, false);
-        let with_jid = build(true, false);
+        let plain = SharedBody::new(build(false, false));
+        let with_jid = SharedBody::new(build(true, false));
         for r in self.presence_audience(o.role) {
             let p = if self.sees_jids(r.role) { &with_jid } else { &plain };
             for j in &r.jids {
-                ctx.send(j, p.clone()).await;
+                ctx.send_shared(j, p).await;
             }
         }
         let mine = build(true, true);
@@ -409,6 +474,9 @@ impl Room {
             if existing.bare != bare {
                 return Err(StanzaError::conflict().with_text("that nickname is in use"));
             }
+        }
+        if self.reserved_for_other(nick, &bare) {
+            return Err(StanzaError::conflict().with_text("that nickname is reserved by a member of this room"));
         }
         if self.config.members_only && affiliation < Affiliation::Member {
             return Err(StanzaError::new(kabar_core::ErrorType::Auth, "registration-required")
@@ -561,6 +629,9 @@ impl Room {
         if self.occupants.contains_key(nick) {
             return Err(StanzaError::conflict().with_text("that nickname is in use"));
         }
+        if self.reserved_for_other(nick, &from.to_bare()) {
+            return Err(StanzaError::conflict().with_text("that nickname is reserved by a member of this room"));
+        }
         let Some(mut o) = self.occupants.remove(&current) else { return Ok(()) };
         self.set_role_index(&current, Role::None);
         let nick_attr = elem("nick-attr", NS_MUC_USER).with_text(nick);
@@ -689,15 +760,13 @@ impl Room {
     }
 
     /// Sends a groupchat message (already stamped `from`, no `to`) to every occupant session and
-    /// keeps it for history. The element is built once; each recipient gets a clone that differs
-    /// only in `to`.
+    /// keeps it for history. The message is serialised once; each local session gets a share of
+    /// those bytes with its own `to` (docs/MUC.md "Shared encoding").
     pub async fn broadcast_message(&mut self, ctx: &mut Ctx<'_>, svc: &Service<'_>, message: Element, keep: bool) {
-        for o in self.occupants.values() {
-            for j in &o.jids {
-                ctx.send(j, message.clone()).await;
-            }
-        }
-        if keep && svc.config.history_size > 0 {
+        let keep = keep && svc.config.history_size > 0;
+        let kept = keep.then(|| message.clone());
+        ctx.send_to_occupants(self.occupants.values(), message).await;
+        if let Some(message) = kept {
             let chars = message.get_child("body", ns::CLIENT).map(|b| b.text().chars().count()).unwrap_or(0);
             self.history.push_back(HistoryEntry { stanza: message, unix_secs: super::unix_secs(), chars });
             while self.history.len() > svc.config.history_size {
@@ -709,11 +778,7 @@ impl Room {
     /// Sets the subject (§8.1) and tells everyone.
     pub async fn set_subject(&mut self, ctx: &mut Ctx<'_>, nick: &str, text: String, message: Element) {
         self.subject = if text.is_empty() { None } else { Some((nick.to_string(), text)) };
-        for o in self.occupants.values() {
-            for j in &o.jids {
-                ctx.send(j, message.clone()).await;
-            }
-        }
+        ctx.send_to_occupants(self.occupants.values(), message).await;
     }
 
     /// A status-code message to every occupant (§10.2.1: 104 configuration changed, 172/173).
@@ -730,11 +795,7 @@ impl Room {
             .with_attr("from", self.jid.as_str())
             .with_attr("id", super::new_id())
             .with_child(x);
-        for o in self.occupants.values() {
-            for j in &o.jids {
-                ctx.send(j, m.clone()).await;
-            }
-        }
+        ctx.send_to_occupants(self.occupants.values(), m).await;
     }
 
     // --- roles and affiliations (§8, §9, §10) --------------------------------------------------
@@ -758,14 +819,12 @@ impl Room {
         // A channel reader made speaker (or back) becomes visible to (or hidden from) the readers.
         if self.config.channel && (before <= Role::Visitor) != (role <= Role::Visitor) && role <= Role::Visitor {
             if let Some(o) = self.occupants.get(nick) {
-                let plain = self.available_presence(o, false, &[]);
-                let mut gone = plain.clone();
+                let mut gone = self.available_presence(o, false, &[]);
                 gone.set_attr_str("type", "unavailable");
-                for r in self.occupants.values().filter(|r| r.role <= Role::Visitor && r.nick != nick) {
-                    for j in &r.jids {
-                        ctx.send(j, gone.clone()).await;
-                    }
-                }
+                // Collected so no closure is held across the await (the future must stay Send).
+                let readers: Vec<&Occupant> =
+                    self.occupants.values().filter(|r| r.role <= Role::Visitor && r.nick != nick).collect();
+                ctx.send_to_occupants(readers, gone).await;
             }
         }
         self.broadcast_available(ctx, nick, &[], None).await;
@@ -786,6 +845,10 @@ impl Room {
             self.affiliations.remove(jid);
         } else {
             self.affiliations.insert(jid.clone(), a);
+        }
+        // A reserved nick belongs to a member (§7.10): it goes with the membership.
+        if a < Affiliation::Member {
+            self.reserved.retain(|_, owner| owner != jid);
         }
         let effective = self.affiliation_of(svc, jid);
         let nicks: Vec<String> = self.occupants.values().filter(|o| &o.bare == jid).map(|o| o.nick.clone()).collect();

@@ -137,6 +137,7 @@ impl Client {
             .into_iter()
             .filter_map(|o| match o {
                 Outbound::Stanza(s) => Some(s),
+                Outbound::Shared(s) => Some(s.to_element()),
                 Outbound::Close { .. } => None,
             })
             .collect()

@@ -158,7 +158,7 @@ impl ApiError {
     fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, error, message: message.into() }
     }
-    fn bad_request(error: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(error: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error, message)
     }
     fn not_found(message: impl Into<String>) -> ApiError {
@@ -226,6 +226,7 @@ pub fn routes(state: &HttpState) -> Router<HttpState> {
         .route("/sessions/{*jid}", delete(kick_session))
         .route("/stats", get(stats))
         .route("/registration", get(get_registration).put(put_registration))
+        .route("/registration/mode", get(get_registration_mode).put(put_registration_mode))
         .route("/announce", post(announce))
         .route("/monitor/incidents/{id}/annotations", post(super::status::annotate_incident))
         .route("/uploads", get(list_uploads))
@@ -234,6 +235,7 @@ pub fn routes(state: &HttpState) -> Router<HttpState> {
         .route("/rooms/{jid}", delete(destroy_room))
         .route("/invites", get(list_invites).post(create_invite))
         .route("/invites/{id}", delete(revoke_invite))
+        .route("/drain", get(crate::drain::api_status).post(crate::drain::api_start))
         .fallback(|| async { ApiError::not_found("no such admin API endpoint (see docs/openapi.yaml)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
@@ -384,18 +386,26 @@ async fn set_password(
 
 async fn list_sessions(State(state): State<HttpState>) -> Json<serde_json::Value> {
     let server = server(&state);
-    let mut list: Vec<_> = server.sessions.all().iter().filter_map(|j| server.sessions.get(j)).collect();
-    list.sort_by(|a, b| a.jid.as_str().cmp(b.jid.as_str()));
+    // In a cluster: every node's sessions, each with the node holding it (docs/CLUSTER.md).
+    let mut list: Vec<(Option<String>, _)> = match server.sessions.cluster_sessions() {
+        Some(all) => all.into_iter().map(|(node, s)| (Some(node), s)).collect(),
+        None => server.sessions.all().iter().filter_map(|j| server.sessions.get(j)).map(|s| (None, s)).collect(),
+    };
+    list.sort_by(|a, b| a.1.jid.as_str().cmp(b.1.jid.as_str()));
     let sessions: Vec<_> = list
         .iter()
-        .map(|s| {
-            json!({
+        .map(|(node, s)| {
+            let mut v = json!({
                 "jid": s.jid.as_str(),
                 "available": s.available,
                 "detached": s.detached,
                 "inactive": s.inactive,
                 "priority": s.priority,
-            })
+            });
+            if let Some(node) = node {
+                v["node"] = json!(node);
+            }
+            v
         })
         .collect();
     Json(json!({ "sessions": sessions }))
@@ -452,11 +462,76 @@ async fn get_registration(State(state): State<HttpState>) -> Json<serde_json::Va
 async fn put_registration(State(state): State<HttpState>, body: std::result::Result<Json<Registration>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
     let Json(r) = body?;
     let server = server(&state);
-    let before = server.registration_enabled.swap(r.enabled, Ordering::Relaxed);
-    if before != r.enabled {
-        info!(enabled = r.enabled, "admin API: in-band registration switched");
+    let before = server.registration.mode();
+    let mode = kabar_modules::register::set_public(server, r.enabled);
+    if before != mode {
+        info!(enabled = r.enabled, from = before.as_str(), to = mode.as_str(), "admin API: in-band registration switched");
     }
     Ok(Json(json!({ "enabled": r.enabled })))
+}
+
+/// `PUT /registration/mode` (docs/REGISTRATION.md); absent fields keep their value, `null` is
+/// refused like any other value outside the schema.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrationModeChange {
+    // A string parsed below rather than the enum: serde_json reports a non-string enum as a syntax
+    // error (400), and this API answers every well-formed JSON of the wrong shape with 422.
+    #[serde(default, deserialize_with = "present")]
+    mode: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pow_difficulty: Option<u8>,
+}
+
+/// A field that may be absent but not `null`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> std::result::Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn registration_mode_json(server: &Server) -> serde_json::Value {
+    json!({
+        "mode": server.registration.mode().as_str(),
+        "pow_difficulty": server.registration.pow_difficulty(),
+    })
+}
+
+async fn get_registration_mode(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    Json(registration_mode_json(server(&state)))
+}
+
+async fn put_registration_mode(
+    State(state): State<HttpState>,
+    body: std::result::Result<Json<RegistrationModeChange>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    use kabar_core::registration::{RegistrationMode, MAX_POW_DIFFICULTY};
+    let Json(change) = body?;
+    let server = server(&state);
+    let mode = match change.mode.as_deref() {
+        None => None,
+        Some(m) => Some(RegistrationMode::parse(m).ok_or_else(|| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "mode must be open, invite-only, proof-of-work or closed")
+        })?),
+    };
+    if let Some(bits) = change.pow_difficulty {
+        if !(1..=MAX_POW_DIFFICULTY).contains(&bits) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("pow_difficulty must be between 1 and {MAX_POW_DIFFICULTY}"),
+            ));
+        }
+        let before = server.registration.swap_pow_difficulty(bits);
+        if before != bits {
+            info!(from = before, to = bits, "admin API: proof-of-work difficulty changed");
+        }
+    }
+    if let Some(mode) = mode {
+        let before = kabar_modules::register::set_mode(server, mode);
+        if before != mode {
+            info!(from = before.as_str(), to = mode.as_str(), "admin API: registration mode switched");
+        }
+    }
+    Ok(Json(registration_mode_json(server)))
 }
 
 #[derive(Deserialize)]

@@ -56,6 +56,7 @@ pub fn render(server: &Server) -> String {
     let _ = writeln!(out, "kabar_sessions {}", server.sessions.count());
     head(&mut out, "kabar_session_queue_depth", "gauge", "Stanzas waiting in the outbound queues of all sessions together.");
     let _ = writeln!(out, "kabar_session_queue_depth {}", server.sessions.queue_depth());
+    cluster_metrics(&mut out, server);
 
     head(&mut out, "kabar_auth_total", "counter", "SASL authentication exchanges that ran to the end, by result.");
     let _ = writeln!(out, "kabar_auth_total{{result=\"success\"}} {}", m.auth_success.get());
@@ -81,6 +82,7 @@ pub fn render(server: &Server) -> String {
     let _ = writeln!(out, "kabar_registrations_total {}", m.registrations.get());
     head(&mut out, "kabar_registration_enabled", "gauge", "1 when in-band registration is open now (runtime switch).");
     let _ = writeln!(out, "kabar_registration_enabled {}", u8::from(server.registration_enabled.load(Ordering::Relaxed)));
+    registration_metrics(&mut out, server);
     head(&mut out, "kabar_admin_auth_failures_total", "counter", "Admin API requests refused for a missing or wrong token.");
     let _ = writeln!(out, "kabar_admin_auth_failures_total {}", m.admin_auth_failures.get());
 
@@ -107,4 +109,57 @@ pub fn render(server: &Server) -> String {
         let _ = writeln!(out, "kabar_admission_{name}_limit {limit}");
     }
     out
+}
+
+/// The registration mode, proof-of-work difficulty and outcomes (docs/REGISTRATION.md).
+fn registration_metrics(out: &mut String, server: &Server) {
+    use kabar_core::registration::RegistrationMode;
+    let now = server.registration.mode();
+    head(out, "kabar_registration_mode", "gauge", "1 for the registration mode in force (open, invite-only, proof-of-work, closed).");
+    for mode in RegistrationMode::ALL {
+        let _ = writeln!(out, "kabar_registration_mode{{mode=\"{}\"}} {}", mode.as_str(), u8::from(mode == now));
+    }
+    head(out, "kabar_registration_pow_difficulty", "gauge", "Leading zero bits new proof-of-work challenges ask for.");
+    let _ = writeln!(out, "kabar_registration_pow_difficulty {}", server.registration.pow_difficulty());
+    let p = &server.registration.pow;
+    head(out, "kabar_registration_pow_total", "counter", "Proof-of-work challenges issued and registrations by outcome.");
+    for (result, c) in [
+        ("issued", &p.issued),
+        ("accepted", &p.accepted),
+        ("missing", &p.missing),
+        ("wrong", &p.wrong),
+        ("invalid", &p.invalid),
+        ("expired", &p.expired),
+        ("reused", &p.reused),
+    ] {
+        let _ = writeln!(out, "kabar_registration_pow_total{{result=\"{result}\"}} {}", c.get());
+    }
+    let remembered = server
+        .modules()
+        .iter()
+        .find_map(|m| (m.as_ref() as &dyn std::any::Any).downcast_ref::<kabar_modules::register::RegisterModule>())
+        .map_or(0, |m| m.pow_remembered());
+    head(out, "kabar_registration_pow_remembered", "gauge", "Used proof-of-work challenges remembered against replay.");
+    let _ = writeln!(out, "kabar_registration_pow_remembered {remembered}");
+}
+
+/// The cluster as this node sees it (docs/CLUSTER.md); nothing on a single node.
+fn cluster_metrics(out: &mut String, server: &Server) {
+    let Some(c) = server.sessions.cluster_stats() else { return };
+    let node = &c.node;
+    for (name, kind, help, value) in [
+        ("kabar_cluster_nodes_seen", "gauge", "Other cluster nodes this node hears from now.", c.nodes_seen as u64),
+        ("kabar_cluster_nodes_suspect", "gauge", "Other nodes skipped because they did not take a stanza.", c.nodes_suspect as u64),
+        ("kabar_cluster_directory_remote_sessions", "gauge", "Sessions of other nodes in this node's directory.", c.remote_sessions as u64),
+        ("kabar_cluster_nats_connected", "gauge", "1 while connected to NATS.", u64::from(c.nats_connected)),
+        ("kabar_cluster_nats_connects_total", "counter", "NATS connections made (the first one and every reconnect).", c.nats_connects),
+        ("kabar_cluster_remote_routes_total", "counter", "Stanzas published to sessions on other nodes.", c.remote_routes),
+        ("kabar_cluster_reroutes_total", "counter", "Stanzas another node did not take, routed again here.", c.reroutes),
+        ("kabar_cluster_homes_served", "gauge", "MUC rooms and components this node serves.", c.homes_served as u64),
+        ("kabar_cluster_forwarded_total", "counter", "Stanzas forwarded to the node serving their room or component.", c.forwarded),
+        ("kabar_cluster_forward_failures_total", "counter", "Forwards the serving node did not confirm (routed again here).", c.forward_failures),
+    ] {
+        head(out, name, kind, help);
+        let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
+    }
 }

@@ -2,6 +2,12 @@
 //! BOSH (XEP-0206), XEP-0156 host-meta discovery, health checks, and the web client at `/`
 //! (Converse.js, [`web`]). WebSocket and BOSH clients run through the same c2s state machine as TCP
 //! clients: a bridge turns their messages into a byte pipe ([`crate::stream::Io::Pipe`]) and back.
+//!
+//! By default the listener runs on its own small runtime whose threads have a lower OS priority
+//! (`[http] listener_threads`, `listener_nice`; docs/OVERLOAD.md "HTTPS listener isolation"): a
+//! flood of HTTP requests such as status-page reports then neither queues ahead of XMPP sessions
+//! on the main runtime's workers nor keeps the kernel from running them. The XMPP sessions behind
+//! WebSocket and BOSH are spawned back onto the main runtime ([`HttpState::spawn_session`]).
 
 pub mod admin;
 mod bosh;
@@ -12,6 +18,7 @@ pub mod upload;
 mod web;
 mod websocket;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +50,66 @@ pub struct HttpState {
     pub public_url: String,
     /// The admin API's token; `None`: the API is off (see [`admin`]).
     pub admin: Option<Arc<admin::AdminAuth>>,
+    /// The main runtime, where XMPP sessions run.
+    sessions: tokio::runtime::Handle,
+    /// The listener's own runtime; `None`: connections are served on the main runtime.
+    listener: Option<Arc<ListenerRuntime>>,
+}
+
+/// Owns the listener runtime; dropping it must not block (it may happen inside async code).
+struct ListenerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ListenerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn listener_runtime(threads: usize, nice: i32) -> Option<Arc<ListenerRuntime>> {
+    if threads == 0 {
+        return None;
+    }
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("kabar-https")
+        // Also runs for the blocking pool, so blocking work started by HTTP handlers (uploads to
+        // disk) stays at the listener's priority.
+        .on_thread_start(move || lower_thread_priority(nice))
+        .enable_all()
+        .build();
+    match built {
+        Ok(rt) => Some(Arc::new(ListenerRuntime(Some(rt)))),
+        Err(e) => {
+            warn!(error = %e, "cannot start the HTTPS listener runtime; serving HTTPS on the main runtime");
+            None
+        }
+    }
+}
+
+/// Lowers the calling thread's priority by `nice` steps. On Linux a thread id given to
+/// setpriority(PRIO_PROCESS) names that one thread, so the main runtime keeps its priority.
+#[cfg(target_os = "linux")]
+fn lower_thread_priority(nice: i32) {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let nice = nice.clamp(0, 19);
+    if nice == 0 {
+        return;
+    }
+    let tid = rustix::thread::gettid();
+    // Relative to the process's own nice value, so `nice kabar serve` keeps the same gap.
+    let base = getpriority_process(Some(tid)).unwrap_or(0);
+    if let Err(e) = setpriority_process(Some(tid), (base + nice).min(19)) {
+        warn!(error = %e, "cannot lower the HTTPS listener threads' priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority(nice: i32) {
+    if nice != 0 {
+        warn!("[http] listener_nice is only applied on Linux");
+    }
 }
 
 /// Per-connection facts handlers need.
@@ -61,7 +128,24 @@ impl HttpState {
         });
         let bosh = Arc::new(bosh::BoshSessions::new(c2s.clone()));
         tokio::spawn(bosh.clone().reap(Duration::from_secs(config.http.bosh_inactivity_secs.max(5))));
-        HttpState { c2s, bosh, public_url: public_url.trim_end_matches('/').to_string(), admin: None }
+        let listener = listener_runtime(config.http.listener_threads, config.http.listener_nice);
+        HttpState {
+            c2s,
+            bosh,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            admin: None,
+            sessions: tokio::runtime::Handle::current(),
+            listener,
+        }
+    }
+
+    /// Starts the XMPP session behind a WebSocket or BOSH connection on the main runtime, so it
+    /// keeps chat priority although its HTTP side runs on the listener runtime.
+    pub(crate) fn spawn_session<F>(&self, session: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.sessions.spawn(session);
     }
 }
 
@@ -86,8 +170,36 @@ fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// Aborts the accept loop on the listener runtime when [`serve`] is aborted (server shutdown).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Accepts HTTPS connections until the task is aborted.
 pub async fn serve(listener: TcpListener, state: HttpState, tls: Arc<Tls>) {
+    let Some(rt) = state.listener.clone() else { return accept_loop(listener, state, tls).await };
+    let Some(handle) = rt.0.as_ref().map(|r| r.handle().clone()) else { return };
+    // Re-registered on the listener runtime's reactor: readiness of HTTP sockets is then handled
+    // by its threads too, not by the session workers.
+    let std_listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => return warn!(error = %e, "cannot move the HTTPS listener to its runtime"),
+    };
+    let task = handle.spawn(async move {
+        match TcpListener::from_std(std_listener) {
+            Ok(l) => accept_loop(l, state, tls).await,
+            Err(e) => warn!(error = %e, "cannot register the HTTPS listener on its runtime"),
+        }
+    });
+    let _abort = AbortOnDrop(task.abort_handle());
+    let _ = task.await;
+}
+
+async fn accept_loop(listener: TcpListener, state: HttpState, tls: Arc<Tls>) {
     let app = router(state.clone());
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -145,6 +257,10 @@ pub(crate) fn busy_response(refusal: &kabar_core::admission::Refusal) -> axum::r
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    // A draining node takes no new clients: load balancers should stop sending them.
+    if state.c2s.drain.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
     // Ready when the store answers.
     match state.c2s.server.store.kv_get("", "readyz", "").await {
         Ok(_) => (StatusCode::OK, "ready\n"),

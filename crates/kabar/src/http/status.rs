@@ -36,6 +36,8 @@ use sha2::{Digest, Sha256};
 
 use super::{ConnInfo, HttpState};
 
+mod subscribe;
+
 const NS_ATOM: &str = "http://www.w3.org/2005/Atom";
 /// Bins of the 24-hour charts (10 detection minutes each).
 const BINS: usize = 144;
@@ -49,6 +51,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/status/summary.json", get(summary))
         .route("/status/reports", post(report))
         .route("/status/incidents.atom", get(feed))
+        .merge(subscribe::routes())
 }
 
 fn hub(state: &HttpState) -> Option<Arc<StatusHub>> {
@@ -555,6 +558,21 @@ const SCRIPT: &str = r#"
       .catch(function () { out.textContent = 'Could not send the report; try again.'; });
   });
 })();
+(function () {
+  var form = document.getElementById('alerts-form');
+  if (!form) return;
+  var out = document.getElementById('alerts-result');
+  form.addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    var action = (ev.submitter && ev.submitter.value) || 'subscribe';
+    var body = { jid: (new FormData(form).get('jid') || '').trim(), action: action };
+    out.textContent = 'Sending…';
+    fetch('/status/subscriptions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) })
+      .then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
+      .then(function (x) { out.textContent = x[0] === 202 ? x[1].message : ('Not sent: ' + (x[1].message || x[0])); })
+      .catch(function () { out.textContent = 'Could not send the request; try again.'; });
+  });
+})();
 "#;
 
 fn script_hash() -> &'static str {
@@ -975,6 +993,11 @@ fn render_page(hub: &StatusHub, snap: &Snapshot, title: &str) -> String {
         h,
         r#"<p class="muted">In chat: send "report &lt;service&gt; &lt;problem&gt;" or "subscribe" to {}.</p></section>"#,
         super::html_escape(hub.bot_jid().map(|j| j.as_str()).unwrap_or(""))
+    );
+    let _ = write!(
+        h,
+        r#"<section id="alerts"><h2>Get alerts</h2><form id="alerts-form" method="post" action="/status/subscriptions"><label for="alerts-jid">Your chat address on {d}</label><input id="alerts-jid" name="jid" type="text" required maxlength="3071" autocomplete="username" placeholder="you@{d}"><button type="submit" name="action" value="subscribe">Subscribe</button> <button type="submit" name="action" value="unsubscribe">Unsubscribe</button><p id="alerts-result" class="muted" role="status"></p></form><p class="muted">The status bot sends you a message to confirm; nothing changes until you do.</p></section>"#,
+        d = super::html_escape(hub.domain())
     );
     let _ = write!(h, "</main><script>{SCRIPT}</script></body></html>");
     h

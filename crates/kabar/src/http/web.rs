@@ -27,7 +27,9 @@ const CSP: &str = "script-src 'self' 'wasm-unsafe-eval'; object-src 'none'; base
 /// `GET /`: the client page.
 pub async fn index(State(state): State<HttpState>) -> Response {
     let config = &state.c2s.server.config;
-    let body = render_index(&config.domain, config.registration.enabled);
+    // The runtime switch (docs/REGISTRATION.md), not the config: the sign-up link follows the admin API.
+    let registration = state.c2s.server.registration_enabled.load(std::sync::atomic::Ordering::Relaxed);
+    let body = render_index(&config.domain, registration);
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
