@@ -323,6 +323,34 @@ def test_xep0045_7_10_registration_reserves_the_nick_and_7_12_discovers_it(kabar
     assert carol.iq("get", f"<query xmlns='{REGISTER}'/>", to=club).error_condition == "registration-required"
 
 
+def test_xep0198_room_messages_encoded_once_are_resumed_exactly_once(kabar):
+    """Groupchat messages reach sessions as shares of one encoding (docs/MUC.md "Shared encoding");
+    XEP-0198 must still resend the ones a dropped connection did not acknowledge and deliver the
+    ones that arrived while it was detached, each exactly once, on resumption."""
+    from test_delivery import drop_connection, reconnect, wait_for_bodies
+
+    alice = muc_client(kabar, "alice/pc")
+    bob = plugin_client(kabar, "bob/phone", {"xep_0045": {}, "xep_0004": {}, "xep_0198": {}})
+    assert bob.xmpp.plugin["xep_0198"].sm_id, "stream management with resumption is on"
+    room = f"relay@{SERVICE}"
+    create_room(alice, room, "alice")
+    join(bob, room, "bob")
+    before = [f"before drop {i}" for i in range(3)]
+    for b in before:
+        alice.send(f"<message to='{room}' type='groupchat'><body>{b}</body></message>")
+    for b in before:
+        bob.expect_message(frm=f"{room}/alice", body=b)
+    drop_connection(bob)
+    during = [f"while away {i}" for i in range(3)]
+    for b in during:
+        alice.send(f"<message to='{room}' type='groupchat'><body>{b}</body></message>")
+    for b in during:
+        alice.expect_message(frm=f"{room}/alice", body=b)
+    assert reconnect(bob) == "resumed"
+    got = [b for b in wait_for_bodies(bob, room, before + during) if b in before + during]
+    assert sorted(got) == sorted(before + during), f"each message exactly once: {got}"
+
+
 def test_admin_api_lists_rooms_in_pages_and_destroys_one(server):
     """docs/ADMIN.md: GET /rooms lists every room sorted by JID with `next` paging (hidden rooms too);
     DELETE /rooms/{jid} destroys it (occupants get <destroy/>), then 404; bad JIDs are 400."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import socket
 import time
 from xml.sax.saxutils import escape, quoteattr
 
@@ -191,6 +192,26 @@ def test_proof_of_work_challenge_is_single_use(server):
     other.close()
     assert_cannot_login(srv, "second", "second-password")
     assert metric(api(srv).metrics(), "kabar_registration_pow_total", result="reused") == 2
+
+
+def test_proof_of_work_challenge_is_bound_to_the_requesting_address(server, monkeypatch):
+    """A challenge fetched from 127.0.0.1 and submitted, solved, from 127.0.0.2 is refused with
+    <not-acceptable/>; the same solution still works from the address it was issued to."""
+    srv = admin_server(server, config=pow_config())
+    raw = stream(srv)
+    challenge, difficulty = fetch_challenge(raw)
+    nonce = solve(challenge, difficulty)
+    plain = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda addr, timeout=None, **kw: plain(addr, timeout, source_address=("127.0.0.2", 0)))
+    elsewhere = stream(srv)
+    monkeypatch.setattr(socket, "create_connection", plain)
+    moved = form_register(elsewhere, "roamer", "roamer-password", challenge, nonce)
+    assert moved.error_condition == "not-acceptable", moved
+    assert "to this address" in error_text(moved), moved
+    elsewhere.close()
+    assert form_register(raw, "roamer", "roamer-password", challenge, nonce).type == "result"
+    raw.close()
 
 
 def test_proof_of_work_solution_spent_on_a_taken_name_can_be_retried(server):

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::{ClusterDirectory, ClusterError};
 
 const NODES_SUBJECT: &str = "kabar.cluster.nodes";
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct NodeInfo {
@@ -150,15 +151,24 @@ impl Redirects {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let Some(client) = client else { return };
-        match serde_json::to_vec(&self.info(ask)) {
-            Ok(body) => {
-                if let Err(e) = client.publish(NODES_SUBJECT, body.into()).await {
-                    debug!(error = %e, "cluster: node announcement not sent");
-                }
-                // The drain relies on peers hearing "draining" before its clients reconnect.
-                let _ = client.flush().await;
-            }
-            Err(e) => warn!(error = %e, "cluster: cannot encode the node announcement"),
+        let body = match serde_json::to_vec(&self.info(ask)) {
+            Ok(body) => body,
+            Err(e) => return warn!(error = %e, "cluster: cannot encode the node announcement"),
+        };
+        // Bounded: with NATS away a flush would wait for the reconnection, and a drain must not.
+        let sent = tokio::time::timeout(ANNOUNCE_TIMEOUT, async {
+            client.publish(NODES_SUBJECT, body.into()).await?;
+            // The drain relies on peers hearing "draining" before its clients reconnect.
+            client
+                .flush()
+                .await
+                .map_err(|e| async_nats::Error::from(e.to_string()))
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "cluster: node announcement not sent"),
+            Err(_) => debug!("cluster: node announcement not confirmed by NATS in time"),
         }
     }
 

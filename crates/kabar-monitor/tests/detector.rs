@@ -253,3 +253,57 @@ fn deviance_z_is_signed_and_respects_small_count_tails() {
     // Overdispersion lowers z for big counts.
     assert!(nb_deviance_z(1300.0, 1000.0, 0.2) < nb_deviance_z(1300.0, 1000.0, 0.0));
 }
+
+/// A 5-minute window with `observed` reports where `expected` were expected.
+fn window(observed: u64, expected: f64) -> Vec<WindowSignal> {
+    vec![WindowSignal::from_sum(WindowSum { minutes: 5, observed, expected }, 0.1)]
+}
+
+#[test]
+fn cusum_accumulates_a_sustained_low_volume_rise_into_possible_problems_and_drains_at_normal_rates() {
+    // 3 reports a minute where 0.5 were expected; the window (8 of 5 expected, 1.6×) passes no
+    // window threshold, so only the CUSUM can raise the state.
+    let mut d = Detector::new("chat", DetectorConfig::default());
+    let mut events = Vec::new();
+    for m in 0..4u64 {
+        d.observe_minute(3, 0.5);
+        events.extend(d.step(M0 + m, &window(8, 5.0), no_probes(), false));
+    }
+    assert!(d.cusum() > 3.0, "cusum {}", d.cusum());
+    assert_eq!(d.state(), State::PossibleProblems, "{events:?}");
+    // Back to normal: S falls by (shift − 1)·μ = 1 per silent minute, to 0.
+    for _ in 0..20 {
+        d.observe_minute(0, 0.5);
+    }
+    assert_eq!(d.cusum(), 0.0);
+}
+
+#[test]
+fn cusum_needs_the_minimum_count_so_a_handful_on_a_silent_service_does_not_trigger() {
+    let mut d = Detector::new("chat", DetectorConfig::default());
+    // Seven reports in one minute against the 0.05 floor: a large CUSUM step, but only seven.
+    d.observe_minute(7, 0.05);
+    assert!(d.cusum() >= 3.0);
+    for m in 0..3 {
+        assert!(d.step(M0 + m, &window(7, 0.25), no_probes(), false).is_empty());
+    }
+    assert_eq!(d.state(), State::Ok);
+}
+
+#[test]
+fn onset_gate_keeps_a_slow_surge_out_of_problems_detected_but_not_an_abrupt_outage() {
+    // The 5-minute window is 4× the seasonal expectation in both cases. Before it, the service
+    // was already at 3.5× for 30 minutes (a surge building up) or at its normal level (an outage).
+    let cfg = DetectorConfig { cusum: None, ..DetectorConfig::default() };
+    let sig = five(4.0);
+    let mut surge = Detector::new("chat", cfg.clone());
+    let mut outage = Detector::new("chat", cfg);
+    for m in 0..5 {
+        surge.observe_onset(&sig[0], WindowSum { minutes: 30, observed: 1050, expected: 300.0 });
+        surge.step(M0 + m, &sig, no_probes(), false);
+        outage.observe_onset(&sig[0], WindowSum { minutes: 30, observed: 300, expected: 300.0 });
+        outage.step(M0 + m, &sig, no_probes(), false);
+    }
+    assert_eq!(surge.state(), State::PossibleProblems);
+    assert_eq!(outage.state(), State::ProblemsDetected);
+}

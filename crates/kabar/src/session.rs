@@ -178,6 +178,9 @@ impl Session {
     }
 
     pub async fn run(mut self, io: Io, reader: Reader, writer: Writer) {
+        // A task is as large as its largest state, and an idle session waits in `connected`:
+        // the rarer states (hibernation, resumption, the end) are boxed so they cost memory only
+        // while they run (docs/BENCHMARKS.md, memory per idle connection).
         let mut live = Some(Live::new(io, reader, writer));
         loop {
             let next = match live.take() {
@@ -185,16 +188,16 @@ impl Session {
                     Step::End => break,
                     Step::Lost if self.resumable() => None,
                     Step::Lost => break,
-                    Step::Resumed(req) => self.resume(*req).await,
+                    Step::Resumed(req) => Box::pin(self.resume(*req)).await,
                 },
-                None => match self.hibernate().await {
-                    Some(req) => self.resume(req).await,
+                None => match Box::pin(self.hibernate()).await {
+                    Some(req) => Box::pin(self.resume(req)).await,
                     None => break,
                 },
             };
             live = next;
         }
-        self.end().await;
+        Box::pin(self.end()).await;
     }
 
     fn resumable(&self) -> bool {
@@ -207,7 +210,7 @@ impl Session {
 
     async fn stream_error(&self, l: &mut Live, condition: &str, text: Option<&str>) {
         let header = self.header();
-        let _ = l.writer.stream_error(&mut l.wr, &header, condition, text).await;
+        let _ = Box::pin(l.writer.stream_error(&mut l.wr, &header, condition, text)).await;
     }
 
     /// Queues a stanza for the client, applying CSI and counting it for stream management.
@@ -290,7 +293,7 @@ impl Session {
                             }
                         }
                         Ok(StreamEvent::Close) => {
-                            let _ = l.writer.close(&mut l.wr).await;
+                            let _ = Box::pin(l.writer.close(&mut l.wr)).await;
                             return Step::End;
                         }
                         Ok(StreamEvent::Open(_)) => {
@@ -343,7 +346,7 @@ impl Session {
                             return Step::Resumed(Box::new(req));
                         }
                         // A bogus claim must not cost the live connection its session.
-                        refuse_resume(req, self.sm.as_ref().map_or(0, |sm| sm.inbound)).await;
+                        Box::pin(refuse_resume(req, self.sm.as_ref().map_or(0, |sm| sm.inbound))).await;
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
@@ -363,7 +366,7 @@ impl Session {
                         .with_attr("from", self.server.domain.as_str())
                         .with_attr("to", self.jid.as_str())
                         .with_child(elem("ping", "urn:xmpp:ping"));
-                    if l.writer.send(&mut l.wr, &ping).await.is_err() {
+                    if Box::pin(l.writer.send(&mut l.wr, &ping)).await.is_err() {
                         return Step::Lost;
                     }
                     ping_sent = Some(Instant::now());

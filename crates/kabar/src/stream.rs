@@ -78,7 +78,9 @@ thread_local! {
 
 /// The reading half: bytes → framer → queued events.
 pub struct Reader {
-    framer: StreamFramer,
+    /// Boxed: a reader moves between tasks' states (negotiation, session, resumption) and each
+    /// move would otherwise carry the parser's state inline.
+    framer: Box<StreamFramer>,
     events: VecDeque<StreamEvent>,
     /// Any byte arrived since the last call to `take_activity` (feeds the idle-ping timer).
     activity: bool,
@@ -86,7 +88,7 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(framer: StreamFramer) -> Self {
-        Reader { framer, events: VecDeque::new(), activity: false }
+        Reader { framer: Box::new(framer), events: VecDeque::new(), activity: false }
     }
 
     /// The next stream event. Cancel-safe: bytes are framed in the same poll that read them, and
@@ -314,4 +316,29 @@ pub fn random_id(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kabar_core::sessions::{SharedBody, SharedStanza};
+    use kabar_core::FullJid;
+
+    #[tokio::test]
+    async fn rfc7395_shared_stanza_is_written_as_one_standalone_frame_with_its_recipient() {
+        let body = SharedBody::new(
+            elem("message", ns::CLIENT)
+                .with_attr("from", "room@conference.localhost/editor")
+                .with_attr("type", "groupchat")
+                .with_child(elem("body", ns::CLIENT).with_text("a & b")),
+        );
+        let to = FullJid::new("bob@localhost/web").expect("valid JID");
+        let mut w = Writer::framed();
+        w.queue_shared(&SharedStanza { body: body.clone(), to }).expect("queued");
+        let mut out = Vec::new();
+        w.flush(&mut out).await.expect("flushed");
+        assert_eq!(out.last(), Some(&FRAME_END), "one frame, ended for the bridge");
+        let parsed = Element::from_reader(&out[..out.len() - 1]).expect("a standalone element");
+        assert_eq!(parsed, body.stanza.clone().with_attr("to", "bob@localhost/web"));
+    }
 }
