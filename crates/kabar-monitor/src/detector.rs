@@ -228,7 +228,7 @@ impl Default for DetectorConfig {
 
 /// The shipped CUSUM parameters (tuned on evaluation seeds 1–6, checked on held-out seeds).
 pub const DEFAULT_CUSUM: CusumRule =
-    CusumRule { shift: 3.0, possible: 3.0, detected: None, min_count: 8, min_ratio: 2.0, cap: 10.0 };
+    CusumRule { shift: 3.0, possible: 4.0, detected: None, min_count: 8, min_ratio: 2.5, cap: 10.0 };
 
 /// The shipped onset gate.
 pub const DEFAULT_ONSET: OnsetRule = OnsetRule { short_minutes: 5, lookback_minutes: 30, min_jump: 2.0, prior: 5.0 };

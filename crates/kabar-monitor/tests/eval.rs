@@ -33,8 +33,8 @@ fn poisson_and_gamma_samplers_have_the_right_moments() {
 
 /// The brief's goal is "5× outages detected within 5 minutes with recall ≥ 0.9 and ≤ 1 false alarm
 /// per service-week". Over seeds 1..=6 of the standard evaluation the tuned detector does NOT meet
-/// it overall (measured: 5× recall@5min 0.867; 0.376 false alarms per service-week, worst single
-/// service 0.889): the 0.5 and 1 report/minute services cannot produce enough reports within 5
+/// it overall (measured: 5× recall@5min 0.874; 0.352 false alarms per service-week, worst single
+/// service 0.833; held-out seeds 101..=112 in docs/MONITOR.md): the 0.5 and 1 report/minute services cannot produce enough reports within 5
 /// minutes at night without a handful of reports triggering. This test asserts the WEAKER figures actually measured
 /// (rounded down), so a regression shows up, and the goal on the services where it is met.
 #[test]
@@ -42,7 +42,7 @@ fn evaluation_reaches_the_recorded_figures_goal_met_only_from_2_reports_per_minu
     let report = run_evaluation_seeds(&EvalConfig::standard(1), &[1, 2, 3, 4, 5, 6]).expect("seeds");
     println!("{report}");
     let five = report.magnitude(5.0).expect("5x bucket");
-    // WEAKER than the goal (measured 0.867): all services, all hours.
+    // WEAKER than the goal (measured 0.874): all services, all hours.
     assert!(five.recall_within_5() >= 0.85, "5x recall@5min {}", five.recall_within_5());
     assert!(five.recall() >= 0.95, "5x recall {}", five.recall());
     // The goal's false-alarm half holds on average and for every single service.
