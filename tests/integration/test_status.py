@@ -631,12 +631,15 @@ def test_page_subscription_is_confirmed_in_chat_before_the_subscriber_gets_alert
 
 
 def test_page_unsubscribe_by_link_needs_the_button_and_the_token_works_once(server):
-    """bob is subscribed (chat). An unsubscribe request from the page sends him a link; GET on the
-    link only shows a confirmation page (link previews must not act), POSTing the token unsubscribes
-    once; a reused or made-up token is refused. Foreign and malformed JIDs are refused with 400."""
+    """The page offers the alerts form. bob is subscribed (chat). An unsubscribe request from the
+    page sends him a link; GET on the link only shows a confirmation page (link previews must not
+    act), POSTing the token unsubscribes once; a reused or made-up token is refused. Foreign and
+    malformed JIDs are refused with 400."""
     srv = server(config={"monitor": {"minute_secs": 1, "tick_secs": 1}})
     bob = srv.client("bob")
     web = Https(srv)
+    status, _, page = web.request("GET", "/status")
+    assert status == 200 and b'<form id="alerts-form"' in page and b"fetch('/status/subscriptions'" in page
     bob.message(BOT, "subscribe")
     assert bob.expect_message(frm=BOT).body.startswith("Subscribed")
 
