@@ -7,7 +7,8 @@
 //!   time scale (`[monitor] minute_secs`: a detection "minute" may be shorter than 60 s in tests).
 //! * In chat: the bot `status@<domain>` (a reserved username, so no account can take it) accepts
 //!   messages — `report <service> <problem> [region]`, `status`, `subscribe`, `unsubscribe`,
-//!   `help` — and three XEP-0050 commands on the server: `urn:kabar:status:report`,
+//!   `confirm <token>` (a subscription asked for on the status page, see `confirm.rs`), `help` —
+//!   and three XEP-0050 commands on the server: `urn:kabar:status:report`,
 //!   `urn:kabar:status:subscribe`, `urn:kabar:status:unsubscribe`.
 //! * Alerts: every state change of a service goes as a chat message from the bot to each
 //!   subscribed account; [`StatusHub::tick`] returns the same alerts for the binary's webhooks.
@@ -16,7 +17,8 @@
 //! `monitor-minutes` (`<service>/<hour>` → that hour's minute records, kept
 //! `minute_retention_hours`), `monitor-hours` (`<service>/<hour>` → hourly rollup, kept
 //! `hour_retention_days`), `monitor-incidents` (id → incident, at most `max_incidents`),
-//! `monitor-subscribers` (bare JID → ""). Nothing is stored per report.
+//! `monitor-subscribers` (bare JID → ""). Nothing is stored per report; pending page
+//! confirmations are memory only.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
