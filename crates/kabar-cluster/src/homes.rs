@@ -352,19 +352,7 @@ impl ClusterDirectory {
 
     /// Subscribes to the homes subject and this node's forward inbox, and starts the publisher.
     pub(crate) async fn start_homes(self: &Arc<Self>, client: &Client) -> Result<(), ClusterError> {
-        let sub = |subject: String| {
-            let client = client.clone();
-            let url = self.nats_url.clone();
-            async move {
-                client
-                    .subscribe(subject)
-                    .await
-                    .map_err(|e| ClusterError::Nats {
-                        url,
-                        reason: e.to_string(),
-                    })
-            }
-        };
+        let sub = |subject: String| self.subscribe(client, subject);
         let homes = sub(HOMES_SUBJECT.to_string()).await?;
         let inbox = sub(format!("kabar.route.{}", self.node)).await?;
         let acks = sub(format!("kabar.routeack.{}.*", self.node)).await?;

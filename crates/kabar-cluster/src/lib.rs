@@ -445,6 +445,15 @@ impl ClusterDirectory {
         }
     }
 
+    /// Subscribes to `subject`, naming the NATS server in the error.
+    pub(crate) async fn subscribe(
+        &self,
+        client: &async_nats::Client,
+        subject: String,
+    ) -> Result<async_nats::Subscriber, ClusterError> {
+        client.subscribe(subject).await.map_err(|e| ClusterError::Nats { url: self.nats_url.clone(), reason: e.to_string() })
+    }
+
     /// Connects to NATS (in the background: the node serves its own sessions meanwhile, and
     /// async-nats reconnects with backoff by itself) and starts the cluster tasks.
     pub async fn start(self: &Arc<Self>, server: &Arc<Server>) -> Result<(), ClusterError> {
@@ -483,19 +492,7 @@ impl ClusterDirectory {
                     url: self.nats_url.clone(),
                     reason: e.to_string(),
                 })?;
-        let sub = |subject: String| {
-            let client = client.clone();
-            let url = self.nats_url.clone();
-            async move {
-                client
-                    .subscribe(subject)
-                    .await
-                    .map_err(|e| ClusterError::Nats {
-                        url,
-                        reason: e.to_string(),
-                    })
-            }
-        };
+        let sub = |subject: String| self.subscribe(&client, subject);
         let state = sub(STATE_SUBJECT.to_string()).await?;
         let inbox = sub(format!("kabar.node.{}", self.node)).await?;
         let acks = sub(format!("kabar.ack.{}.*", self.node)).await?;

@@ -115,6 +115,15 @@ struct ReportBody {
 
 /// The client address: the TCP peer, or — when the peer is a trusted proxy — the rightmost
 /// `X-Forwarded-For` address that is not itself a trusted proxy.
+/// The request body is declared as JSON (parameters such as `charset` aside).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
 fn client_ip(hub: &StatusHub, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     let trusted = &hub.config().trusted_proxies;
     if !trusted.contains(&peer) {
@@ -140,12 +149,7 @@ async fn report(
     body: Bytes,
 ) -> Response {
     let Some(hub) = hub(&state) else { return disabled() };
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !is_json(&headers) {
         return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body", "send the report as application/json");
     }
     // Shape first: an invalid body is reported as invalid whatever its size (axum caps bodies at

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::super::{html_escape, ConnInfo, HttpState};
-use super::{client_ip, disabled, hub, json_error};
+use super::{client_ip, disabled, hub, is_json, json_error};
 
 /// Largest subscription request body, in bytes (a JID is at most ~3 KiB).
 const MAX_BODY: usize = 4096;
@@ -46,12 +46,7 @@ async fn request(
     body: Bytes,
 ) -> Response {
     let Some(hub) = hub(&state) else { return disabled() };
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !is_json(&headers) {
         return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body", "send the request as application/json");
     }
     if body.len() > MAX_BODY {
