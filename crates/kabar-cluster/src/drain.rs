@@ -268,14 +268,8 @@ mod tests {
     use super::*;
 
     fn redirects() -> Arc<Redirects> {
-        let mut config = kabar_core::config::Config::default();
-        config.cluster.enabled = true;
-        config.cluster.node = Some("me".into());
-        config.storage.backend = kabar_core::config::StorageBackend::Postgres;
-        let dir = ClusterDirectory::new(&config).unwrap_or_else(|e| panic!("{e}"));
-        dir.connected.store(true, Ordering::Release);
         Arc::new(Redirects {
-            dir,
+            dir: crate::connected_test_directory(),
             address: Some("me.example:5222".into()),
             draining: AtomicBool::new(false),
             peers: Mutex::new(HashMap::new()),

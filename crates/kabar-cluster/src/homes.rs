@@ -567,12 +567,7 @@ async fn forward_inbox(
 
 async fn forward_acks(dir: Arc<ClusterDirectory>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
-        let Some(seq) = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
+        let Some(seq) = crate::ack_seq(&msg.subject) else {
             continue;
         };
         if msg.status == Some(StatusCode::NO_RESPONDERS) {
@@ -589,12 +584,7 @@ mod tests {
     use crate::StateMsg;
 
     fn settled_directory() -> Arc<ClusterDirectory> {
-        let mut config = kabar_core::config::Config::default();
-        config.cluster.enabled = true;
-        config.cluster.node = Some("me".into());
-        config.storage.backend = kabar_core::config::StorageBackend::Postgres;
-        let dir = ClusterDirectory::new(&config).unwrap_or_else(|e| panic!("{e}"));
-        dir.connected.store(true, Ordering::Release);
+        let dir = crate::connected_test_directory();
         *lock(&dir.homes.connected_at) = Instant::now().checked_sub(SETTLE * 2);
         dir
     }

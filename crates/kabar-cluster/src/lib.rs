@@ -986,14 +986,14 @@ async fn inbox_loop(dir: Arc<ClusterDirectory>, client: Client, mut sub: async_n
     }
 }
 
+/// The sequence number an ack subject (`kabar.ack.<node>.<seq>`, `kabar.routeack.<node>.<seq>`) ends in.
+pub(crate) fn ack_seq(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok())
+}
+
 async fn ack_loop(dir: Arc<ClusterDirectory>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
-        let Some(seq) = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
+        let Some(seq) = ack_seq(&msg.subject) else {
             continue;
         };
         if msg.status == Some(StatusCode::NO_RESPONDERS) {
@@ -1050,6 +1050,19 @@ async fn timers(dir: Arc<ClusterDirectory>) {
         }
         dir.expire_forwards(now);
     }
+}
+
+/// A directory for node "me" that believes it is connected to NATS (no server needed), for the
+/// crate's unit tests.
+#[cfg(test)]
+pub(crate) fn connected_test_directory() -> Arc<ClusterDirectory> {
+    let mut config = kabar_core::config::Config::default();
+    config.cluster.enabled = true;
+    config.cluster.node = Some("me".into());
+    config.storage.backend = kabar_core::config::StorageBackend::Postgres;
+    let dir = ClusterDirectory::new(&config).unwrap_or_else(|e| panic!("{e}"));
+    dir.connected.store(true, Ordering::Release);
+    dir
 }
 
 #[cfg(test)]
