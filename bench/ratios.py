@@ -19,9 +19,11 @@ METRICS = {
                ("chat_during_p99_ms", "chat p99 ms during surge", False)],
     "reconnect": [("all_back_s", "s until all back online", False), ("online_p99_ms", "p99 ms to back online", False)],
     "reconnect-fast": [("all_back_s", "s until all back online (FAST)", False)],
+    "chatsweep": [("max_rate_held", "highest total msg/s held (p99 < 50 ms, no loss, ≥ 95 % delivered)", True),
+                  ("held_p99_ms", "p99 ms at that rate", False), ("first_failed_rate", "lowest rate that failed", True)],
     "muc": [("deliveries_per_s", "room deliveries/s (kabar channel preset)", True), ("delivery_p99_ms", "room delivery p99 ms (channel)", False)],
     "muc-room": [("deliveries_per_s", "room deliveries/s (plain open room)", True), ("delivery_p99_ms", "room delivery p99 ms (plain room)", False),
-                 ("joins_per_s", "room joins/s (plain room)", True)],
+                 ("joins_per_s", "room joins/s (plain room)", True), ("lost", "room deliveries lost (plain room)", False)],
 }
 
 def fmt(v):

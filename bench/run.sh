@@ -18,8 +18,13 @@
 #   PEERS=/work/shared/bench/peers  BENCH_RUN=$TMPDIR/kabar-bench/run-<time>  STEP_TIMEOUT=900
 #   MUC_N=5000 (room readers; QUICK 500) MUC_W=20 (burst of MUC_W × 10 posts) for `muc` (kabar's channel
 #   preset; peers ignore or refuse the field and run a plain room) and `muc-room` (a plain open room on all)
+#   chatsweep (not in the default list): P pairs chat at a fixed total rate in steps of SWEEP_T=10 s
+#   (QUICK 5) + 1 s warm-up, from SWEEP_START=250 msg/s doubling while a step holds (p99 < SWEEP_P99=50
+#   ms, nothing lost, ≥ 95 % of the target delivered), then bisecting to within SWEEP_PREC=0.1; the
+#   row's max_rate_held is the answer (kabar-load chatsweep, crates/kabar-bench/src/sweep.rs)
 #   PEER_MAM=1: the peers archive every 1:1 message too, like kabar (ejabberd mod_mam `default: always`,
 #   Prosody mod_mam with `default_archive_policy = true`), for a like-for-like `chat` comparison
+#   SKIP_BUILD=1: no cargo build, run the binaries already in target/release (a quiet window is short)
 # Every step runs under `timeout`; kabar-load also has its own hard cap (--max-seconds).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +36,8 @@ if [ -n "${QUICK:-}" ]; then
   SIGNUP_T=${SIGNUP_T:-10}; RN=${RN:-500}; IDLE_T=${IDLE_T:-5}; MUC_N=${MUC_N:-500}
 fi
 MUC_N=${MUC_N:-5000}; MUC_W=${MUC_W:-20}
+[ -n "${QUICK:-}" ] && SWEEP_T=${SWEEP_T:-5}
+SWEEP_T=${SWEEP_T:-10}; SWEEP_START=${SWEEP_START:-250}; SWEEP_P99=${SWEEP_P99:-50}; SWEEP_PREC=${SWEEP_PREC:-0.1}
 K=${K:-2000}; C=${C:-10000}; P=${P:-100}; T=${T:-20}; W=${W:-10}; CHAT_RATE=${CHAT_RATE:-10}
 SIGNUP_P=${SIGNUP_P:-50}; SIGNUP_RATE=${SIGNUP_RATE:-5}; SIGNUP_BASE=${SIGNUP_BASE:-10}; SIGNUP_T=${SIGNUP_T:-20}
 REG_WORKERS=${REG_WORKERS:-20}; LOGIN_CONC=${LOGIN_CONC:-200}; RN=${RN:-2000}; IDLE_T=${IDLE_T:-10}
@@ -66,8 +73,12 @@ wait_quiet() { # SERVER_PID; bounded: at most QUIET_WAIT seconds
 need=$K; for v in $C $((2*P)) $((2*SIGNUP_P)) $RN $((MUC_N + 1)); do [ "$v" -gt "$need" ] && need=$v; done
 
 # ---------------------------------------------------------------- build
-log "building kabar and kabar-load (release)"
-(cd "$ROOT" && timeout 3600 cargo build --release -p kabar -p kabar-bench) || { log "build failed"; exit 1; }
+if [ -n "${SKIP_BUILD:-}" ]; then # SKIP_BUILD=1: use the binaries already in target/release
+  log "build skipped: $(ls -l --time-style=+%H:%M "$KABAR" "$LOAD" | awk '{print $6, $7}' | tr '\n' ' ')"
+else
+  log "building kabar and kabar-load (release)"
+  (cd "$ROOT" && timeout 3600 cargo build --release -p kabar -p kabar-bench) || { log "build failed"; exit 1; }
+fi
 
 # ---------------------------------------------------------------- kabar control
 KD=$BENCH_RUN/kabar; KPID=""
@@ -172,7 +183,7 @@ run_load() { # server label args...
   [ -n "$line" ] || line="{\"scenario\": \"$label\", \"server\": \"$srv\", \"error\": \"generator produced no result\"}"
   # tag the row with the suite's scenario label (chat and chatrate are both scenario=chat)
   echo "$line" | jq -c --arg l "$label" '. + {label: $l}' >> "$RESULTS/$srv.jsonl"
-  echo "$line" | jq -c '{scenario, server, error, logins_per_s, delivered_per_s, p99_ms, rss_kb_per_conn, registrations_per_s, all_back_s, gen_cpu_pct, server_cpu_pct} | with_entries(select(.value != null))' >&2
+  echo "$line" | jq -c '{scenario, server, error, logins_per_s, delivered_per_s, p99_ms, deliveries_per_s, max_rate_held, rss_kb_per_conn, registrations_per_s, all_back_s, gen_cpu_pct, server_cpu_pct} | with_entries(select(.value != null))' >&2
 }
 
 for srv in $SERVERS; do
@@ -205,6 +216,8 @@ for srv in $SERVERS; do
       muc)      run_load "$srv" muc muc --users "$MUC_N" --concurrency "$LOGIN_CONC" --rate 0 --window "$MUC_W" ;;
       muc-room) run_load "$srv" muc-room muc --users "$MUC_N" --concurrency "$LOGIN_CONC" --rate 0 --window "$MUC_W" \
                   --muc-preset room ;;
+      chatsweep) run_load "$srv" chatsweep chatsweep --pairs "$P" --duration "$SWEEP_T" --warmup 1 --drain 3 \
+                  --sweep-start "$SWEEP_START" --sweep-precision "$SWEEP_PREC" --p99-limit-ms "$SWEEP_P99" ;;
       *) log "unknown scenario $s" ;;
     esac
   done

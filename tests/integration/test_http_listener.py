@@ -76,3 +76,37 @@ def test_listener_threads_zero_serves_https_on_the_session_runtime(server):
     report(srv)
     r = Http(srv, None).request("GET", "/status/summary.json", token=None)
     assert r.status == 200, r
+
+
+def policies(pid: int) -> list[tuple[str, int]]:
+    """(name, scheduling policy) of every thread of `pid`: field 41 of /proc/PID/task/TID/stat."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue
+        out.append((name, int(stat.rsplit(")", 1)[1].split()[38])))
+    return out
+
+
+SCHED_OTHER, SCHED_IDLE = 0, 5
+
+
+def test_listener_sched_idle_puts_only_the_listener_threads_under_sched_idle(server):
+    """`listener_sched = "idle"`: the listener's threads are SCHED_IDLE (each sets its own policy at
+    thread start), every other thread stays SCHED_OTHER, and reports are still served."""
+    srv = server(config={"http": {"listener_threads": 2, "listener_sched": "idle"}})
+    found = policies(srv.proc.pid)
+    listener = [p for name, p in found if name == LISTENER_THREAD]
+    others = [p for name, p in found if name != LISTENER_THREAD]
+    assert len(listener) >= 2 and all(p == SCHED_IDLE for p in listener), found
+    assert len(others) >= 2 and all(p == SCHED_OTHER for p in others), found
+    report(srv)
+
+
+def test_listener_sched_default_is_nice_under_sched_other(server):
+    srv = server()
+    found = policies(srv.proc.pid)
+    assert [p for name, p in found if name == LISTENER_THREAD] and all(p == SCHED_OTHER for _, p in found), found

@@ -51,6 +51,20 @@ def test_new_account_registers_and_logs_in(server):
     dave.assert_works()
 
 
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256", "PLAIN"])
+def test_xep0077_3_1_registered_account_logs_in_with_scram_sha1_sha256_and_plain(server, mechanism):
+    """XEP-0077 §3.1 + RFC 5802 / RFC 7677: registration derives both SCRAM key sets (the server's
+    hand-rolled PBKDF2 loop), and each works against slixmpp's independent SCRAM client (hashlib
+    PBKDF2); PLAIN is checked against the same stored keys. A wrong password is still refused."""
+    srv = server(config={"registration": {"enabled": True}})
+    assert _register(_register_stream(srv), "frank", "frank-pässword-9").type == "result"
+    frank = srv.client("frank", password="frank-pässword-9", mechanisms=[mechanism])
+    assert frank.mechanism == mechanism
+    frank.assert_works()
+    with pytest.raises(LoginFailed):
+        srv.client("frank", password="frank-password-9", mechanisms=[mechanism])
+
+
 def test_existing_username_cannot_be_registered_again(server):
     """XEP-0077 §3.1: a taken username → <conflict/>; the original password still works."""
     srv = server(config={"registration": {"enabled": True}})

@@ -25,6 +25,9 @@ pub struct Plan {
     pub window: u64,
     /// Messages sent before this (generator ns) are warm-up: neither counted nor measured.
     pub record_from_ns: u64,
+    /// Messages sent before this (generator ns) belong to an earlier run on the same connections
+    /// (a sweep's previous step): ignored, and not taken off this run's windows.
+    pub stale_before_ns: u64,
     pub stop_sending: Instant,
     /// Latest moment to wait for outstanding deliveries after sending stopped.
     pub drain_until: Instant,
@@ -41,6 +44,8 @@ pub struct Stats {
     pub recv: u64,
     pub bad: u64,
     pub bounced: u64,
+    /// Late deliveries of an earlier run's messages (see `Plan::stale_before_ns`).
+    pub stale: u64,
     pub last_recv_ns: u64,
     /// One latency list (ns) per segment.
     pub lat: Vec<Vec<u64>>,
@@ -53,6 +58,7 @@ impl Stats {
         self.recv += o.recv;
         self.bad += o.bad;
         self.bounced += o.bounced;
+        self.stale += o.stale;
         self.last_recv_ns = self.last_recv_ns.max(o.last_recv_ns);
         if self.lat.len() < o.lat.len() {
             self.lat.resize_with(o.lat.len(), Vec::new);
@@ -165,6 +171,10 @@ fn process(
                     stats.bad += 1;
                     continue;
                 };
+                if ts < plan.stale_before_ns {
+                    stats.stale += 1;
+                    continue;
+                }
                 partner.outstanding = partner.outstanding.saturating_sub(1);
                 if ts >= plan.record_from_ns {
                     stats.recv += 1;
@@ -173,21 +183,65 @@ fn process(
                     stats.lat[seg].push(t.saturating_sub(ts));
                 }
             }
-            "iq" if matches!(el.attr("type"), Some("get") | Some("set")) => {
-                // e.g. a server ping (XEP-0199): answer so the session stays healthy.
-                let mut r = elem("iq", NS_CLIENT).with_attr("type", "result");
-                if let Some(id) = el.attr("id") {
-                    r.set_attr_str("id", id);
-                }
-                if let Some(from) = el.attr("from") {
-                    r.set_attr_str("to", from);
-                }
-                conn.queue_el(&r)?;
-            }
+            "iq" => answer_iq(conn, &el)?,
             _ => check_stream_error(&el)?,
         }
     }
     Ok(())
+}
+
+/// Answers an IQ get/set (e.g. a server ping, XEP-0199) so the session stays healthy.
+fn answer_iq(conn: &mut Conn, el: &kabar_xml::Element) -> Result<()> {
+    if !matches!(el.attr("type"), Some("get") | Some("set")) {
+        return Ok(());
+    }
+    let mut r = elem("iq", NS_CLIENT).with_attr("type", "result");
+    if let Some(id) = el.attr("id") {
+        r.set_attr_str("id", id);
+    }
+    if let Some(from) = el.attr("from") {
+        r.set_attr_str("to", from);
+    }
+    conn.queue_el(&r)
+}
+
+/// Reads both connections of a pair until neither has received anything for `quiet` (or `until`),
+/// answering IQs: what an overloaded step left in flight arrives here, not in the next step.
+/// Returns the stanzas read.
+pub async fn settle_pair(
+    a: &mut Conn,
+    b: &mut Conn,
+    quiet: Duration,
+    until: Instant,
+) -> Result<u64> {
+    let mut n = 0u64;
+    loop {
+        for c in [&mut *a, &mut *b] {
+            while let Some(ev) = c.events.pop_front() {
+                match ev {
+                    StreamEvent::Element(el) => {
+                        n += 1;
+                        if el.name() == "iq" {
+                            answer_iq(c, &el)?;
+                        } else {
+                            check_stream_error(&el)?;
+                        }
+                    }
+                    StreamEvent::Open(_) => {}
+                    StreamEvent::Close => return Err(anyhow!("stream closed by server")),
+                }
+            }
+            c.flush()
+                .await
+                .map_err(|e| anyhow!("write: {}", e.kind()))?;
+        }
+        let wake = (Instant::now() + quiet).min(until);
+        tokio::select! {
+            r = a.read_some() => r?,
+            r = b.read_some() => r?,
+            _ = sleep_until(wake) => return Ok(n),
+        }
+    }
 }
 
 /// Runs one pair until sending stops and every message is delivered (or the drain time is up).

@@ -22,6 +22,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::scan::{Piece, Splitter};
 use crate::scram::{self, ScramCache, ScramClient};
 
 pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -144,6 +145,11 @@ pub struct Conn {
     pub jid: String,
     /// A FAST token the server issued on this login (XEP-0484).
     pub fast_token: Option<String>,
+    /// Set by [`Conn::enable_split`]: received bytes are cut into whole stanzas before the framer
+    /// sees them, so the connection can switch to raw stanza bytes at any moment.
+    split: Option<Splitter>,
+    /// Raw mode: stanzas are left in `split` for [`Conn::raw_pieces`]; the framer is bypassed.
+    raw: bool,
 }
 
 fn limits() -> Limits {
@@ -174,6 +180,8 @@ impl Conn {
             features: None,
             jid: String::new(),
             fast_token: None,
+            split: None,
+            raw: false,
         })
     }
 
@@ -206,7 +214,39 @@ impl Conn {
             .map_err(|e| anyhow!("write: {}", e.kind()))
     }
 
-    /// One read from the socket, framed into `events`. Cancel-safe (the only await is the read).
+    /// Cuts the stream into whole stanzas ahead of the framer from the next stream header on.
+    /// Call before the first [`Conn::open_stream`] (or right after one).
+    pub fn enable_split(&mut self) {
+        self.split = Some(Splitter::new(limits().max_stanza_bytes));
+    }
+
+    /// Raw mode (needs [`Conn::enable_split`]): reads leave stanza bytes for
+    /// [`Conn::raw_pieces`] instead of building elements. Elements framed before the switch stay
+    /// in `events`; no partial stanza is lost, since the framer only ever saw whole ones.
+    pub fn set_raw(&mut self, raw: bool) -> Result<()> {
+        if raw && self.split.is_none() {
+            bail!("raw mode needs enable_split");
+        }
+        self.raw = raw;
+        Ok(())
+    }
+
+    /// Hands the complete pieces received so far to `f` (raw mode) until `f` returns false; the
+    /// pieces after that one stay for the next call.
+    pub fn raw_pieces(&mut self, mut f: impl FnMut(Piece, &[u8]) -> bool) -> Result<()> {
+        let Some(sp) = self.split.as_mut() else {
+            bail!("raw mode needs enable_split");
+        };
+        while let Some((kind, r)) = sp.next_piece()? {
+            if !f(kind, sp.bytes(r)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One read from the socket, framed into `events` (or, in raw mode, kept for
+    /// [`Conn::raw_pieces`]). Cancel-safe (the only await is the read).
     pub async fn read_some(&mut self) -> Result<()> {
         let n = self
             .io
@@ -217,7 +257,24 @@ impl Conn {
             bail!("connection closed by server");
         }
         let mut out = Vec::new();
-        let r = self.framer.feed(&self.rbuf[..n], &mut out);
+        let r = match self.split.as_mut() {
+            None => self.framer.feed(&self.rbuf[..n], &mut out),
+            Some(sp) => {
+                sp.compact();
+                sp.push(&self.rbuf[..n]);
+                if self.raw {
+                    return Ok(());
+                }
+                let mut r = Ok(());
+                while let Some((_, piece)) = sp.next_piece()? {
+                    r = self.framer.feed(sp.bytes(piece), &mut out);
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
+        };
         self.events.extend(out);
         r.map_err(|e| anyhow!("bad XML from server: {e}"))
     }
@@ -245,6 +302,9 @@ impl Conn {
     pub async fn open_stream(&mut self, ctx: &Ctx) -> Result<()> {
         self.framer.reset();
         self.events.clear();
+        if let Some(sp) = self.split.as_mut() {
+            sp.reset();
+        }
         self.wbuf.extend_from_slice(
             format!(
                 "<?xml version='1.0'?><stream:stream to='{}' xmlns='jabber:client' \
@@ -589,7 +649,15 @@ pub fn xml_escape(s: &str) -> String {
 
 /// connect, (STARTTLS), SASL, bind, (session), presence, ping.
 pub async fn login(ctx: &Ctx, user: &str, read_buf: usize) -> Result<Conn> {
+    login_opts(ctx, user, read_buf, false).await
+}
+
+/// [`login`], with [`Conn::enable_split`] from the start when `split` is set.
+pub async fn login_opts(ctx: &Ctx, user: &str, read_buf: usize, split: bool) -> Result<Conn> {
     let mut c = Conn::connect_to(ctx, ctx.addr_of(user), read_buf).await?;
+    if split {
+        c.enable_split();
+    }
     c.open_stream(ctx).await?;
     c.starttls(ctx).await?;
     c.sasl(ctx, user).await?;

@@ -4,7 +4,8 @@
 //! Scenarios: `login` (connect+auth+bind+presence storm), `idle` (hold C sessions; server RSS per
 //! connection), `chat` (P pairs, fixed rate or flat out), `signup` (XEP-0077 registrations while
 //! pairs chat at a fixed rate), `reconnect` (N sessions drop at once and come back; optionally with
-//! XEP-0484 FAST tokens), and `register` (provisioning accounts by in-band registration).
+//! XEP-0484 FAST tokens), `register` (provisioning accounts by in-band registration), `muc`
+//! (XEP-0045 fan-out) and `chatsweep` (the highest chat rate held at p99 under a limit).
 //!
 //! Only loopback targets are accepted, and every run ends within `--max-seconds`.
 //! See docs/BENCHMARKS.md.
@@ -12,7 +13,9 @@
 mod chat;
 mod conn;
 mod metrics;
+mod scan;
 mod scenarios;
+mod sweep;
 mod muc;
 mod scram;
 
@@ -37,6 +40,8 @@ pub enum Scenario {
     Register,
     /// XEP-0045 fan-out: one poster, N readers in a room (see muc.rs).
     Muc,
+    /// Highest total chat rate held at p99 < --p99-limit-ms with no loss (see sweep.rs).
+    Chatsweep,
 }
 
 impl Scenario {
@@ -49,6 +54,7 @@ impl Scenario {
             Scenario::Reconnect => "reconnect",
             Scenario::Register => "register",
             Scenario::Muc => "muc",
+            Scenario::Chatsweep => "chatsweep",
         }
     }
 }
@@ -60,7 +66,8 @@ impl Scenario {
     about = "Server-neutral XMPP c2s load generator (loopback targets only)"
 )]
 pub struct Args {
-    /// login | idle | chat | signup | reconnect | register (provisioning by in-band registration)
+    /// login | idle | chat | signup | reconnect | register (provisioning by in-band registration) |
+    /// muc | chatsweep
     #[arg(value_enum)]
     pub scenario: Scenario,
     #[arg(long, default_value = "127.0.0.1")]
@@ -126,6 +133,22 @@ pub struct Args {
     /// ejabberd and Prosody run).
     #[arg(long, default_value = "channel")]
     pub muc_preset: String,
+    /// chatsweep: first total rate (msg/s); doubles while held, then bisects.
+    #[arg(long, default_value_t = 250.0)]
+    pub sweep_start: f64,
+    /// chatsweep: highest total rate tried.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub sweep_max: f64,
+    /// chatsweep: stop bisecting when (lowest failed − highest held) ≤ this × highest held.
+    #[arg(long, default_value_t = 0.1)]
+    pub sweep_precision: f64,
+    /// chatsweep: most steps.
+    #[arg(long, default_value_t = 16)]
+    pub sweep_max_steps: u32,
+    /// chatsweep: a step holds when its p99 is below this (and nothing is lost, and at least 95 %
+    /// of the target rate is delivered).
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_limit_ms: f64,
     /// Add the XEP-0334 <no-store/> hint to chat messages (servers that archive may skip them).
     #[arg(long)]
     pub no_store: bool,
@@ -310,6 +333,7 @@ fn main() -> std::process::ExitCode {
                 Scenario::Reconnect => scenarios::reconnect(&args, ctx2).await,
                 Scenario::Register => scenarios::register(&args, ctx2).await,
                 Scenario::Muc => muc::muc(&args, ctx2).await,
+                Scenario::Chatsweep => sweep::chatsweep(&args, ctx2).await,
             }
         };
         tokio::time::timeout(cap, fut).await

@@ -17,9 +17,9 @@ use crate::Args;
 
 /// Read buffer per connection: small for the many-connection scenarios, larger for chat.
 const SMALL_BUF: usize = 4096;
-const CHAT_BUF: usize = 64 * 1024;
+pub(crate) const CHAT_BUF: usize = 64 * 1024;
 
-type Errors = BTreeMap<String, u64>;
+pub(crate) type Errors = BTreeMap<String, u64>;
 
 fn count_err(errors: &mut Errors, e: &anyhow::Error) {
     let mut k = e.to_string();
@@ -33,7 +33,7 @@ fn count_err(errors: &mut Errors, e: &anyhow::Error) {
     *errors.entry(k).or_default() += 1;
 }
 
-fn errors_json(e: &Errors) -> Value {
+pub(crate) fn errors_json(e: &Errors) -> Value {
     json!(e)
 }
 
@@ -51,9 +51,9 @@ pub fn base(args: &Args, scenario: &str) -> Map<String, Value> {
     m
 }
 
-struct Logins {
-    conns: Vec<(u64, Conn)>,
-    errors: Errors,
+pub(crate) struct Logins {
+    pub(crate) conns: Vec<(u64, Conn)>,
+    pub(crate) errors: Errors,
     /// Per-login durations (ns) and completion times (generator ns).
     lat: Vec<u64>,
     done_at: Vec<u64>,
@@ -61,7 +61,7 @@ struct Logins {
 
 /// Logs in `idxs` with at most `concurrency` logins in flight. `tokens`: FAST tokens by index
 /// (SASL2 path) when `fast` is set.
-async fn login_many(
+pub(crate) async fn login_many(
     ctx: &Arc<Ctx>,
     idxs: Vec<u64>,
     concurrency: usize,
@@ -111,7 +111,7 @@ async fn login_many(
     out
 }
 
-async fn close_all(conns: Vec<Conn>) {
+pub(crate) async fn close_all(conns: Vec<Conn>) {
     let mut set = JoinSet::new();
     for c in conns {
         set.spawn(c.close());
@@ -122,7 +122,7 @@ async fn close_all(conns: Vec<Conn>) {
     .await;
 }
 
-fn idx_range(args: &Args, n: u64) -> Vec<u64> {
+pub(crate) fn idx_range(args: &Args, n: u64) -> Vec<u64> {
     (args.first..args.first + n).collect()
 }
 
@@ -248,7 +248,7 @@ pub async fn idle(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     res
 }
 
-fn pair_up(conns: Vec<(u64, Conn)>) -> Vec<(Conn, Conn)> {
+pub(crate) fn pair_up(conns: Vec<(u64, Conn)>) -> Vec<(Conn, Conn)> {
     let mut out = Vec::new();
     let mut it = conns.into_iter();
     while let (Some((_, a)), Some((_, b))) = (it.next(), it.next()) {
@@ -257,7 +257,7 @@ fn pair_up(conns: Vec<(u64, Conn)>) -> Vec<(Conn, Conn)> {
     out
 }
 
-async fn run_pairs(pairs: Vec<(Conn, Conn)>, plan: &Plan) -> (Stats, Vec<Conn>) {
+pub(crate) async fn run_pairs(pairs: Vec<(Conn, Conn)>, plan: &Plan) -> (Stats, Vec<Conn>) {
     let mut set = JoinSet::new();
     for (a, b) in pairs {
         set.spawn(chat::run_pair(a, b, plan.clone()));
@@ -285,7 +285,7 @@ fn per_sender_rate(args: &Args, senders: u64) -> f64 {
     }
 }
 
-fn error_summary(stats: &Stats) -> Value {
+pub(crate) fn error_summary(stats: &Stats) -> Value {
     let mut e = Errors::new();
     for s in &stats.errors {
         count_err(&mut e, &anyhow::anyhow!("{s}"));
@@ -293,10 +293,15 @@ fn error_summary(stats: &Stats) -> Value {
     json!(e)
 }
 
-pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
+/// Logs in the 2P accounts of `--pairs`; when one fails, the scenario's error row instead.
+pub(crate) async fn login_pairs(
+    args: &Args,
+    ctx: &Arc<Ctx>,
+    scenario: &str,
+) -> Result<Vec<(u64, Conn)>, Map<String, Value>> {
     let n = 2 * args.pairs;
     let l = login_many(
-        &ctx,
+        ctx,
         idx_range(args, n),
         args.concurrency,
         None,
@@ -306,13 +311,22 @@ pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     )
     .await;
     if (l.conns.len() as u64) < n {
-        let mut res = base(args, "chat");
+        let mut res = base(args, scenario);
         res.insert("error".into(), json!("could not log in all users"));
         res.insert("ok".into(), json!(l.conns.len()));
         res.insert("errors".into(), errors_json(&l.errors));
         close_all(l.conns.into_iter().map(|(_, c)| c).collect()).await;
-        return res;
+        return Err(res);
     }
+    Ok(l.conns)
+}
+
+pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
+    let n = 2 * args.pairs;
+    let conns = match login_pairs(args, &ctx, "chat").await {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
     let rate = per_sender_rate(args, n);
     let now = Instant::now();
     let t0 = now + Duration::from_secs_f64(args.warmup);
@@ -321,6 +335,7 @@ pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
         rate,
         window: args.window,
         record_from_ns: ns_at(t0),
+        stale_before_ns: 0,
         stop_sending: stop,
         drain_until: stop + Duration::from_secs_f64(args.drain),
         segments: Vec::new(),
@@ -334,7 +349,7 @@ pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
         sleep_until(stop).await;
         m.read()
     });
-    let (stats, conns) = run_pairs(pair_up(l.conns), &plan).await;
+    let (stats, conns) = run_pairs(pair_up(conns), &plan).await;
     let cpu = cpu_task.await.unwrap_or_default();
     let t0ns = ns_at(t0) as f64;
     let send_s = args.duration;
@@ -378,24 +393,10 @@ pub async fn chat(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
 
 pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
     let n = 2 * args.pairs;
-    let l = login_many(
-        &ctx,
-        idx_range(args, n),
-        args.concurrency,
-        None,
-        false,
-        &BTreeMap::new(),
-        CHAT_BUF,
-    )
-    .await;
-    if (l.conns.len() as u64) < n {
-        let mut res = base(args, "signup");
-        res.insert("error".into(), json!("could not log in all users"));
-        res.insert("ok".into(), json!(l.conns.len()));
-        res.insert("errors".into(), errors_json(&l.errors));
-        close_all(l.conns.into_iter().map(|(_, c)| c).collect()).await;
-        return res;
-    }
+    let conns = match login_pairs(args, &ctx, "signup").await {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
     let rate = per_sender_rate(args, n);
     if rate <= 0.0 {
         let mut res = base(args, "signup");
@@ -412,6 +413,7 @@ pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
         rate,
         window: 0,
         record_from_ns: 0,
+        stale_before_ns: 0,
         stop_sending: s1,
         drain_until: s1 + Duration::from_secs_f64(args.drain),
         segments: vec![ns_at(s0), ns_at(s1)],
@@ -493,7 +495,7 @@ pub async fn signup(args: &Args, ctx: Arc<Ctx>) -> Map<String, Value> {
         let elapsed = s0.elapsed().as_secs_f64();
         (ok, lat, fail, elapsed, cpu_base, cs.read())
     });
-    let (stats, conns) = run_pairs(pair_up(l.conns), &plan).await;
+    let (stats, conns) = run_pairs(pair_up(conns), &plan).await;
     let (ok, reg_lat, fail, elapsed, cpu_base, cpu_surge) = match surge.await {
         Ok(v) => v,
         Err(e) => (

@@ -288,9 +288,10 @@ mod tests {
     }
 
     fn alive(r: &Redirects, node: &str) {
-        r.dir.on_state(crate::StateMsg::Hello {
+        r.dir.on_state(crate::StateMsg::Beat {
             node: node.into(),
             inc: "i".into(),
+            seq: 0,
         });
     }
 

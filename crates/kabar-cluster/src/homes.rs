@@ -590,12 +590,10 @@ mod tests {
     }
 
     fn heard(dir: &ClusterDirectory, node: &str) {
-        dir.on_state(StateMsg::Snapshot {
+        dir.on_state(StateMsg::Beat {
             node: node.into(),
             inc: "i".into(),
-            seq: 1,
-            last: true,
-            sessions: Vec::new(),
+            seq: 0,
         });
     }
 

@@ -8,7 +8,8 @@
 //! routing (another resource, or offline storage), as a session that ends does with its queue.
 //!
 //! Subjects:
-//! - `kabar.cluster.state`: JSON [`StateMsg`] (hello, snapshot chunks, session up/down, bye).
+//! - `kabar.cluster.state`: JSON `StateMsg` (sync.rs: hello, beat, want, snapshot chunks addressed
+//!   to one node, numbered session up/down deltas, bye).
 //! - `kabar.node.<name>`: stanzas (and stream closes) for sessions on node `<name>`; header
 //!   `Kabar-To` names the full JID, the payload is the stanza as XML.
 //! - `kabar.ack.<name>.<seq>`: the reply subject of each stanza: `ok` or `gone`, or the server's
@@ -29,19 +30,23 @@ use kabar_core::sessions::{LocalSessions, Outbound, SendError, SessionDirectory,
 use kabar_core::stanza::{self, StanzaError};
 use kabar_core::Server;
 use kabar_xml::Element;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 mod homes;
+mod remote;
 mod stats;
+mod sync;
 pub use homes::HomesMetrics;
 
 const STATE_SUBJECT: &str = "kabar.cluster.state";
 const HEADER_TO: &str = "Kabar-To";
 const HEADER_CLOSE: &str = "Kabar-Close";
-/// Sessions per snapshot message: keeps each well under NATS's default 1 MiB max_payload.
-const SNAPSHOT_CHUNK: usize = 500;
+/// On a directory message meant for one node only (a snapshot, a request for one).
+const HEADER_FOR: &str = "Kabar-For";
+
+use remote::Remote;
+use sync::StateMsg;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -55,91 +60,9 @@ pub enum ClusterError {
     Nats { url: String, reason: String },
 }
 
-/// A session as other nodes see it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct WireSession {
-    jid: String,
-    available: bool,
-    priority: i8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    presence: Option<String>,
-    interested: bool,
-    #[serde(default)]
-    directed_to: Vec<String>,
-    detached: bool,
-    inactive: bool,
-}
-
-impl WireSession {
-    fn from_info(info: &SessionInfo) -> Self {
-        WireSession {
-            jid: info.jid.to_string(),
-            available: info.available,
-            priority: info.priority,
-            presence: info
-                .presence
-                .as_ref()
-                .and_then(|p| kabar_xml::element_to_bytes(p).ok())
-                .and_then(|b| String::from_utf8(b).ok()),
-            interested: info.interested,
-            directed_to: info.directed_to.clone(),
-            detached: info.detached,
-            inactive: info.inactive,
-        }
-    }
-
-    fn into_info(self) -> Option<SessionInfo> {
-        let jid = match stanza::parse_jid(&self.jid) {
-            Ok(j) => j.try_into_full().ok()?,
-            Err(_) => return None,
-        };
-        Some(SessionInfo {
-            jid,
-            available: self.available,
-            priority: self.priority,
-            presence: self.presence.and_then(|p| p.parse::<Element>().ok()),
-            interested: self.interested,
-            directed_to: self.directed_to,
-            detached: self.detached,
-            inactive: self.inactive,
-        })
-    }
-}
-
-/// What nodes tell each other on [`STATE_SUBJECT`]. `inc` (incarnation) is random per process, so
-/// a node restarted under the same name replaces what its previous life announced.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-enum StateMsg {
-    Hello {
-        node: String,
-        inc: String,
-    },
-    Snapshot {
-        node: String,
-        inc: String,
-        seq: u64,
-        last: bool,
-        sessions: Vec<WireSession>,
-    },
-    Up {
-        node: String,
-        inc: String,
-        session: WireSession,
-    },
-    Down {
-        node: String,
-        inc: String,
-        jid: String,
-    },
-    Bye {
-        node: String,
-        inc: String,
-    },
-}
-
 enum Out {
-    State(StateMsg),
+    /// A directory message; `to`: addressed to one node (header `Kabar-For`), others skip it.
+    State { msg: StateMsg, to: Option<String> },
     Deliver {
         node: String,
         to: FullJid,
@@ -150,108 +73,6 @@ enum Out {
         to: FullJid,
         condition: &'static str,
     },
-}
-
-struct NodeState {
-    inc: String,
-    last_seen: Instant,
-    /// Latest snapshot sequence heard from it.
-    seq: u64,
-    /// Did not take a stanza (no subscriber, or no answer in time): its sessions are hidden from
-    /// routing until it is heard from again, and forgotten when its lease runs out.
-    suspect: bool,
-}
-
-struct RemoteEntry {
-    node: String,
-    info: SessionInfo,
-    seq: u64,
-}
-
-#[derive(Default)]
-struct Remote {
-    nodes: HashMap<String, NodeState>,
-    by_bare: HashMap<BareJid, Vec<RemoteEntry>>,
-    /// Sessions of a previous incarnation of a restarted node, to be ended by `closed_elsewhere`.
-    stale: Vec<SessionInfo>,
-}
-
-impl Remote {
-    /// Forgets a node and its sessions; returns the sessions.
-    fn drop_node(&mut self, node: &str) -> Vec<SessionInfo> {
-        self.nodes.remove(node);
-        let mut gone = Vec::new();
-        self.by_bare.retain(|_, list| {
-            list.retain(|e| {
-                if e.node == node {
-                    gone.push(e.info.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            !list.is_empty()
-        });
-        gone
-    }
-
-    fn routable(&self, e: &RemoteEntry) -> bool {
-        self.nodes.get(&e.node).is_some_and(|n| !n.suspect)
-    }
-
-    fn find(&self, jid: &FullJid) -> Option<&RemoteEntry> {
-        self.by_bare
-            .get(&jid.to_bare())?
-            .iter()
-            .find(|e| &e.info.jid == jid && self.routable(e))
-    }
-
-    fn remove(&mut self, jid: &FullJid, node: Option<&str>) {
-        let bare = jid.to_bare();
-        if let Some(list) = self.by_bare.get_mut(&bare) {
-            list.retain(|e| !(&e.info.jid == jid && node.is_none_or(|n| n == e.node)));
-            if list.is_empty() {
-                self.by_bare.remove(&bare);
-            }
-        }
-    }
-
-    fn upsert(&mut self, node: &str, info: SessionInfo, seq: u64) {
-        let list = self.by_bare.entry(info.jid.to_bare()).or_default();
-        // A full JID lives on one node: the latest announcement wins (a login on another node
-        // replaced it).
-        list.retain(|e| e.info.jid != info.jid);
-        list.push(RemoteEntry {
-            node: node.to_string(),
-            info,
-            seq,
-        });
-    }
-
-    /// Learns that `node` (incarnation `inc`) is alive; forgets a previous incarnation's sessions.
-    fn touch(&mut self, node: &str, inc: &str) -> u64 {
-        let stale = self.nodes.get(node).is_some_and(|n| n.inc != inc);
-        if stale {
-            info!(
-                node,
-                "cluster node restarted: forgetting its previous sessions"
-            );
-            let gone = self.drop_node(node);
-            self.stale.extend(gone);
-        }
-        let state = self.nodes.entry(node.to_string()).or_insert_with(|| {
-            info!(node, "cluster node joined");
-            NodeState {
-                inc: inc.to_string(),
-                last_seen: Instant::now(),
-                seq: 0,
-                suspect: false,
-            }
-        });
-        state.last_seen = Instant::now();
-        state.suspect = false;
-        state.seq
-    }
 }
 
 struct Pending {
@@ -273,7 +94,12 @@ pub struct ClusterDirectory {
     /// Held while a local change is applied and its event queued, and while a snapshot is taken
     /// and queued, so other nodes see events and snapshots in the order things happened.
     order: Mutex<()>,
-    snapshot_seq: AtomicU64,
+    /// This node's session change number (sync.rs).
+    change_seq: AtomicU64,
+    /// When this node last said hello (the others' snapshots are on their way for a while).
+    hello_at: Mutex<Option<Instant>>,
+    /// Set by `leave`: no more heartbeats, which would bring this node back in the others' view.
+    leaving: AtomicBool,
     pending: Mutex<HashMap<u64, Pending>>,
     server: OnceLock<Weak<Server>>,
     heartbeat: Duration,
@@ -364,7 +190,9 @@ impl ClusterDirectory {
             out: tx,
             out_rx: Mutex::new(Some(rx)),
             order: Mutex::new(()),
-            snapshot_seq: AtomicU64::new(0),
+            change_seq: AtomicU64::new(0),
+            hello_at: Mutex::new(None),
+            leaving: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             server: OnceLock::new(),
             heartbeat: Duration::from_secs(c.heartbeat_secs),
@@ -406,43 +234,11 @@ impl ClusterDirectory {
         self.order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn emit(&self, msg: StateMsg) {
-        let _ = self.out.send(Out::State(msg));
-    }
-
     fn remote_node_of(&self, jid: &FullJid) -> Option<String> {
         if !self.is_connected() {
             return None;
         }
-        self.remote_read().find(jid).map(|e| e.node.clone())
-    }
-
-    /// Queues this node's whole session list (in chunks) for the others.
-    fn queue_snapshot(&self) {
-        let _g = self.ordered();
-        let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        let all: Vec<WireSession> = self
-            .local
-            .all()
-            .iter()
-            .filter_map(|j| self.local.get(j))
-            .map(|i| WireSession::from_info(&i))
-            .collect();
-        let chunks: Vec<Vec<WireSession>> = if all.is_empty() {
-            vec![Vec::new()]
-        } else {
-            all.chunks(SNAPSHOT_CHUNK).map(<[_]>::to_vec).collect()
-        };
-        let n = chunks.len();
-        for (i, sessions) in chunks.into_iter().enumerate() {
-            self.emit(StateMsg::Snapshot {
-                node: self.node.clone(),
-                inc: self.inc.clone(),
-                seq,
-                last: i + 1 == n,
-                sessions,
-            });
-        }
+        self.remote_read().find(jid).map(|e| e.node.to_string())
     }
 
     /// Subscribes to `subject`, naming the NATS server in the error.
@@ -472,8 +268,7 @@ impl ClusterDirectory {
                             info!(node = %dir.node, "cluster: connected to NATS");
                             dir.connected.store(true, Ordering::Release);
                             stats::Counters::bump(&dir.counters.nats_connects);
-                            dir.emit(StateMsg::Hello { node: dir.node.clone(), inc: dir.inc.clone() });
-                            dir.queue_snapshot();
+                            dir.hello();
                             dir.homes_connected();
                         }
                         async_nats::Event::Disconnected => {
@@ -512,90 +307,13 @@ impl ClusterDirectory {
     /// Tells the others this node is leaving, so they forget its sessions now rather than after
     /// the lease.
     pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
         self.emit(StateMsg::Bye {
             node: self.node.clone(),
             inc: self.inc.clone(),
         });
         // The publisher drains the queue in order; give it a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    fn on_state(&self, msg: StateMsg) {
-        let (node, inc) = match &msg {
-            StateMsg::Hello { node, inc }
-            | StateMsg::Snapshot { node, inc, .. }
-            | StateMsg::Up { node, inc, .. }
-            | StateMsg::Down { node, inc, .. }
-            | StateMsg::Bye { node, inc } => (node.clone(), inc.clone()),
-        };
-        if node == self.node {
-            if inc != self.inc {
-                warn!(node = %node, "cluster: another process uses this node name; give each node its own [cluster] node");
-            }
-            return;
-        }
-        self.apply_state(node, inc, msg);
-        let stale = std::mem::take(&mut self.remote_write().stale);
-        self.closed_elsewhere(stale);
-    }
-
-    fn apply_state(&self, node: String, inc: String, msg: StateMsg) {
-        match msg {
-            StateMsg::Hello { .. } => {
-                self.remote_write().touch(&node, &inc);
-                // The newcomer catches up from everybody's snapshot at once.
-                self.queue_snapshot();
-            }
-            StateMsg::Snapshot {
-                seq,
-                last,
-                sessions,
-                ..
-            } => {
-                let mut r = self.remote_write();
-                r.touch(&node, &inc);
-                if let Some(n) = r.nodes.get_mut(&node) {
-                    n.seq = seq;
-                }
-                for s in sessions {
-                    if let Some(info) = s.into_info() {
-                        r.upsert(&node, info, seq);
-                    }
-                }
-                if last {
-                    // Whatever this snapshot did not list has gone (a down event we missed).
-                    r.by_bare.retain(|_, list| {
-                        list.retain(|e| e.node != node || e.seq >= seq);
-                        !list.is_empty()
-                    });
-                }
-            }
-            StateMsg::Up { session, .. } => {
-                let mut r = self.remote_write();
-                let seq = r.touch(&node, &inc);
-                if let Some(info) = session.into_info() {
-                    r.upsert(&node, info, seq);
-                }
-            }
-            StateMsg::Down { jid, .. } => {
-                let mut r = self.remote_write();
-                // Sessions closing after a node's `bye` must not bring the node back.
-                if !r.nodes.contains_key(&node) {
-                    return;
-                }
-                r.touch(&node, &inc);
-                if let Some(full) = stanza::parse_jid(&jid)
-                    .ok()
-                    .and_then(|j| j.try_into_full().ok())
-                {
-                    r.remove(&full, Some(&node));
-                }
-            }
-            StateMsg::Bye { .. } => {
-                let n = self.remote_write().drop_node(&node).len();
-                info!(node = %node, sessions = n, "cluster node left");
-            }
-        }
     }
 
     /// A stanza another node did not take: forget that session (or node) and route it again.
@@ -708,11 +426,7 @@ impl SessionDirectory for ClusterDirectory {
             return false;
         }
         if let Some(info) = self.local.get(&jid) {
-            self.emit(StateMsg::Up {
-                node: self.node.clone(),
-                inc: self.inc.clone(),
-                session: WireSession::from_info(&info),
-            });
+            self.emit_up(&info);
         }
         true
     }
@@ -721,11 +435,7 @@ impl SessionDirectory for ClusterDirectory {
         let _g = self.ordered();
         let info = self.local.unregister(jid, tx)?;
         if self.local.get(jid).is_none() {
-            self.emit(StateMsg::Down {
-                node: self.node.clone(),
-                inc: self.inc.clone(),
-                jid: jid.to_string(),
-            });
+            self.emit_down(jid);
         }
         Some(info)
     }
@@ -734,11 +444,9 @@ impl SessionDirectory for ClusterDirectory {
         let mut list = self.local.sessions(bare);
         if self.is_connected() {
             let r = self.remote_read();
-            if let Some(remote) = r.by_bare.get(bare) {
-                for e in remote {
-                    if r.routable(e) && !list.iter().any(|s| s.jid == e.info.jid) {
-                        list.push(e.info.clone());
-                    }
+            for e in r.of_bare(bare) {
+                if !list.iter().any(|s| &s.jid == e.jid()) {
+                    list.push(e.info());
                 }
             }
         }
@@ -752,7 +460,7 @@ impl SessionDirectory for ClusterDirectory {
         if !self.is_connected() {
             return None;
         }
-        self.remote_read().find(jid).map(|e| e.info.clone())
+        self.remote_read().find(jid).map(|e| e.info())
     }
 
     fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionInfo)) {
@@ -764,16 +472,12 @@ impl SessionDirectory for ClusterDirectory {
         self.local.update(jid, f);
         if let Some(after) = self.local.get(jid) {
             let (b, a) = (
-                WireSession::from_info(&before),
-                WireSession::from_info(&after),
+                remote::WireSession::from_info(&before),
+                remote::WireSession::from_info(&after),
             );
             let changed = serde_json::to_string(&b).ok() != serde_json::to_string(&a).ok();
             if changed {
-                self.emit(StateMsg::Up {
-                    node: self.node.clone(),
-                    inc: self.inc.clone(),
-                    session: a,
-                });
+                self.emit_up(&after);
             }
         }
     }
@@ -838,19 +542,29 @@ async fn publisher(
     while let Some(item) = rx.recv().await {
         let connected = dir.is_connected();
         match item {
-            Out::State(msg) => {
-                // Announcements are idempotent: one missed while NATS is away is replaced by the
-                // snapshot sent on reconnect.
+            Out::State { msg, to } => {
+                // A change not sent while NATS is away is a gap in the numbering the others
+                // notice at the next beat, and repair with a snapshot.
                 if !connected {
                     continue;
                 }
-                match serde_json::to_vec(&msg) {
-                    Ok(body) => {
-                        if let Err(e) = client.publish(STATE_SUBJECT, body.into()).await {
-                            debug!(error = %e, "cluster: state publish failed");
-                        }
+                let body = match serde_json::to_vec(&msg) {
+                    Ok(body) => bytes::Bytes::from(body),
+                    Err(e) => {
+                        warn!(error = %e, "cluster: cannot encode state message");
+                        continue;
                     }
-                    Err(e) => warn!(error = %e, "cluster: cannot encode state message"),
+                };
+                let sent = match to {
+                    None => client.publish(STATE_SUBJECT, body).await,
+                    Some(to) => {
+                        let mut headers = HeaderMap::new();
+                        headers.insert(HEADER_FOR, to.as_str());
+                        client.publish_with_headers(STATE_SUBJECT, headers, body).await
+                    }
+                };
+                if let Err(e) = sent {
+                    debug!(error = %e, "cluster: state publish failed");
                 }
             }
             Out::Deliver { node, to, stanza } => {
@@ -917,6 +631,14 @@ async fn publisher(
 
 async fn state_loop(dir: Arc<ClusterDirectory>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
+        let for_other = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_FOR))
+            .is_some_and(|to| to.as_str() != dir.node);
+        if for_other {
+            continue;
+        }
         match serde_json::from_slice::<StateMsg>(&msg.payload) {
             Ok(m) => dir.on_state(m),
             Err(e) => debug!(error = %e, "cluster: unreadable state message ignored"),
@@ -1009,7 +731,7 @@ async fn ack_loop(dir: Arc<ClusterDirectory>, mut sub: async_nats::Subscriber) {
     }
 }
 
-/// Heartbeats (snapshots), lease expiry of silent nodes, and delivery timeouts.
+/// Heartbeats (change numbers only), lease expiry of silent nodes, and delivery timeouts.
 async fn timers(dir: Arc<ClusterDirectory>) {
     let tick = Duration::from_millis(250);
     let mut interval = tokio::time::interval(tick);
@@ -1020,23 +742,12 @@ async fn timers(dir: Arc<ClusterDirectory>) {
         let now = Instant::now();
         if now.duration_since(last_beat) >= dir.heartbeat {
             last_beat = now;
-            if dir.is_connected() {
-                dir.queue_snapshot();
+            if dir.is_connected() && !dir.leaving.load(Ordering::Acquire) {
+                dir.beat();
                 dir.queue_claims();
             }
         }
-        let expired: Vec<String> = dir
-            .remote_read()
-            .nodes
-            .iter()
-            .filter(|(_, n)| now.duration_since(n.last_seen) > dir.lease)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for node in expired {
-            let gone = dir.remote_write().drop_node(&node);
-            warn!(node = %node, sessions = gone.len(), "cluster node missed its lease: its sessions are gone");
-            dir.closed_elsewhere(gone);
-        }
+        dir.expire_silent(now);
         let late: Vec<u64> = dir
             .pending
             .lock()
@@ -1049,6 +760,24 @@ async fn timers(dir: Arc<ClusterDirectory>) {
             dir.fail_pending(seq, true);
         }
         dir.expire_forwards(now);
+    }
+}
+
+impl ClusterDirectory {
+    /// Forgets the nodes not heard from within the lease, and their sessions.
+    fn expire_silent(&self, now: Instant) {
+        let expired: Vec<String> = self
+            .remote_read()
+            .nodes
+            .iter()
+            .filter(|(_, n)| now.saturating_duration_since(n.last_seen) > self.lease)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for node in expired {
+            let gone = self.remote_write().drop_node(&node);
+            warn!(node = %node, sessions = gone.len(), "cluster node missed its lease: its sessions are gone");
+            self.closed_elsewhere(gone);
+        }
     }
 }
 
@@ -1095,41 +824,54 @@ mod tests {
         ));
     }
 
-    fn directory() -> Arc<ClusterDirectory> {
-        let mut config = kabar_core::config::Config::default();
-        config.cluster.enabled = true;
-        config.cluster.node = Some("me".into());
-        config.storage.backend = kabar_core::config::StorageBackend::Postgres;
-        let dir = ClusterDirectory::new(&config).unwrap_or_else(|e| panic!("{e}"));
-        dir.connected.store(true, Ordering::Release);
-        dir
-    }
-
-    fn wire(jid: &str) -> WireSession {
-        WireSession {
-            jid: jid.into(),
-            available: true,
-            priority: 0,
-            presence: None,
-            interested: false,
-            directed_to: Vec::new(),
-            detached: false,
-            inactive: false,
-        }
-    }
+    use crate::remote::test_wire as wire;
 
     fn snapshot(node: &str, inc: &str, seq: u64, jids: &[&str]) -> StateMsg {
         StateMsg::Snapshot {
             node: node.into(),
             inc: inc.into(),
             seq,
+            part: 0,
             last: true,
             sessions: jids.iter().map(|j| wire(j)).collect(),
         }
     }
 
+    fn up(node: &str, seq: u64, jid: &str) -> StateMsg {
+        StateMsg::Up {
+            node: node.into(),
+            inc: "i".into(),
+            seq,
+            session: wire(jid),
+        }
+    }
+
+    fn down(node: &str, seq: u64, jid: &str) -> StateMsg {
+        StateMsg::Down {
+            node: node.into(),
+            inc: "i".into(),
+            seq,
+            jid: jid.into(),
+        }
+    }
+
+    fn beat(node: &str, seq: u64) -> StateMsg {
+        StateMsg::Beat {
+            node: node.into(),
+            inc: "i".into(),
+            seq,
+        }
+    }
+
     fn bare(s: &str) -> BareJid {
         stanza::parse_bare(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn full(s: &str) -> FullJid {
+        stanza::parse_jid(s)
+            .ok()
+            .and_then(|j| j.try_into_full().ok())
+            .unwrap_or_else(|| panic!("test JID {s}"))
     }
 
     fn names(dir: &ClusterDirectory, b: &str) -> Vec<String> {
@@ -1142,56 +884,209 @@ mod tests {
         v
     }
 
+    /// What the directory queued for NATS since the last call: (addressee, message).
+    fn sent(rx: &mut mpsc::UnboundedReceiver<Out>) -> Vec<(Option<String>, StateMsg)> {
+        let mut v = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            if let Out::State { msg, to } = item {
+                v.push((to, msg));
+            }
+        }
+        v
+    }
+
+    fn outbox(dir: &ClusterDirectory) -> mpsc::UnboundedReceiver<Out> {
+        dir.out_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| panic!("outbox taken"))
+    }
+
+    fn asks_for_snapshot_of(msgs: &[(Option<String>, StateMsg)], node: &str) -> bool {
+        msgs.iter().any(|(to, m)| {
+            to.as_deref() == Some(node) && matches!(m, StateMsg::Want { of, .. } if of == node)
+        })
+    }
+
+    /// A node known with an empty, complete copy (it announced change number 0).
+    fn joined(dir: &ClusterDirectory, node: &str) {
+        dir.on_state(beat(node, 0));
+    }
+
     #[test]
-    fn snapshot_heartbeat_repairs_a_missed_down_event() {
-        let dir = directory();
-        dir.on_state(snapshot("n2", "i1", 1, &["a@x/1", "a@x/2"]));
+    fn deltas_apply_in_order_and_a_missed_one_is_repaired_by_a_snapshot_on_request() {
+        let dir = connected_test_directory();
+        let mut rx = outbox(&dir);
+        joined(&dir, "n2");
+        dir.on_state(up("n2", 1, "a@x/1"));
+        dir.on_state(up("n2", 2, "a@x/2"));
         assert_eq!(names(&dir, "a@x"), ["a@x/1", "a@x/2"]);
-        // a@x/2's down event was lost; the next heartbeat no longer lists it.
-        dir.on_state(snapshot("n2", "i1", 2, &["a@x/1"]));
-        assert_eq!(names(&dir, "a@x"), ["a@x/1"]);
-        // An up event after a snapshot survives the next snapshot that lists it.
-        dir.on_state(StateMsg::Up {
-            node: "n2".into(),
-            inc: "i1".into(),
-            session: wire("a@x/3"),
-        });
-        dir.on_state(snapshot("n2", "i1", 3, &["a@x/1", "a@x/3"]));
+        assert!(sent(&mut rx).is_empty(), "in-step deltas need no request");
+        // Change 3 (a@x/2 went) is lost on the way; change 4 shows the gap.
+        dir.on_state(up("n2", 4, "a@x/3"));
+        assert!(asks_for_snapshot_of(&sent(&mut rx), "n2"));
+        // Deltas while the snapshot is on its way are covered by it (or follow it).
+        dir.on_state(up("n2", 5, "b@x/1"));
+        assert!(sent(&mut rx).is_empty(), "one request at a time");
+        dir.on_state(snapshot("n2", "i", 5, &["a@x/1", "a@x/3", "b@x/1"]));
         assert_eq!(names(&dir, "a@x"), ["a@x/1", "a@x/3"]);
-        dir.on_state(StateMsg::Down {
-            node: "n2".into(),
-            inc: "i1".into(),
-            jid: "a@x/1".into(),
-        });
+        assert_eq!(names(&dir, "b@x"), ["b@x/1"]);
+        dir.on_state(down("n2", 6, "a@x/1"));
         assert_eq!(names(&dir, "a@x"), ["a@x/3"]);
+        dir.on_state(beat("n2", 6));
+        assert!(sent(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_beat_ahead_of_the_copy_asks_for_a_snapshot_and_a_beat_in_step_does_not() {
+        let dir = connected_test_directory();
+        let mut rx = outbox(&dir);
+        joined(&dir, "n2");
+        dir.on_state(up("n2", 1, "a@x/1"));
+        dir.on_state(beat("n2", 1));
+        assert!(sent(&mut rx).is_empty());
+        // The last change before a quiet period was lost: only the beat tells.
+        dir.on_state(beat("n2", 2));
+        assert!(asks_for_snapshot_of(&sent(&mut rx), "n2"));
+        dir.on_state(snapshot("n2", "i", 2, &[]));
+        assert!(names(&dir, "a@x").is_empty());
+    }
+
+    #[test]
+    fn a_fresh_node_heard_while_our_hello_is_answered_takes_deltas_at_once() {
+        let dir = connected_test_directory();
+        let mut rx = outbox(&dir);
+        dir.hello();
+        dir.on_state(StateMsg::Hello {
+            node: "n2".into(),
+            inc: "i".into(),
+            seq: 0,
+        });
+        dir.on_state(up("n2", 1, "a@x/1"));
+        assert_eq!(names(&dir, "a@x"), ["a@x/1"]);
+        assert!(!asks_for_snapshot_of(&sent(&mut rx), "n2"));
+    }
+
+    #[test]
+    fn a_node_first_heard_mid_life_is_learnt_from_its_snapshot() {
+        let dir = connected_test_directory();
+        let mut rx = outbox(&dir);
+        dir.on_state(up("n2", 41, "a@x/1"));
+        assert!(names(&dir, "a@x").is_empty(), "a delta alone is not a complete copy");
+        assert!(asks_for_snapshot_of(&sent(&mut rx), "n2"));
+        dir.on_state(snapshot("n2", "i", 41, &["a@x/1", "a@x/2"]));
+        assert_eq!(names(&dir, "a@x"), ["a@x/1", "a@x/2"]);
+    }
+
+    #[test]
+    fn a_snapshot_missing_a_chunk_is_asked_for_again() {
+        let dir = connected_test_directory();
+        let mut rx = outbox(&dir);
+        dir.on_state(beat("n2", 3));
+        assert!(asks_for_snapshot_of(&sent(&mut rx), "n2"));
+        dir.on_state(StateMsg::Snapshot {
+            node: "n2".into(),
+            inc: "i".into(),
+            seq: 3,
+            part: 0,
+            last: false,
+            sessions: vec![wire("a@x/1")],
+        });
+        dir.on_state(StateMsg::Snapshot {
+            node: "n2".into(),
+            inc: "i".into(),
+            seq: 3,
+            part: 2,
+            last: true,
+            sessions: vec![wire("a@x/3")],
+        });
+        assert!(asks_for_snapshot_of(&sent(&mut rx), "n2"));
+        assert!(names(&dir, "a@x").is_empty());
+    }
+
+    #[test]
+    fn hello_and_requests_are_answered_with_a_snapshot_to_the_asker_only() {
+        let dir = connected_test_directory();
+        let mut rx = outbox(&dir);
+        let (tx, _queue) = mpsc::channel(4);
+        assert!(dir.register(full("me@x/1"), tx, false));
+        let mine = sent(&mut rx);
+        assert!(matches!(&mine[..], [(None, StateMsg::Up { seq: 1, .. })]));
+        dir.on_state(StateMsg::Hello {
+            node: "n2".into(),
+            inc: "i".into(),
+            seq: 0,
+        });
+        dir.on_state(StateMsg::Want {
+            node: "n3".into(),
+            inc: "i".into(),
+            of: "me".into(),
+        });
+        dir.on_state(StateMsg::Want {
+            node: "n3".into(),
+            inc: "i".into(),
+            of: "n4".into(),
+        });
+        let snapshots: Vec<(Option<String>, u64, usize)> = sent(&mut rx)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                StateMsg::Snapshot { seq, sessions, .. } => Some((to, seq, sessions.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            snapshots,
+            [(Some("n2".to_string()), 1, 1), (Some("n3".to_string()), 1, 1)]
+        );
     }
 
     #[test]
     fn restarted_node_replaces_its_previous_incarnations_sessions() {
-        let dir = directory();
-        dir.on_state(snapshot("n2", "old", 7, &["a@x/1", "b@x/1"]));
+        let dir = connected_test_directory();
+        joined(&dir, "n2");
+        dir.on_state(up("n2", 1, "a@x/1"));
+        dir.on_state(up("n2", 2, "b@x/1"));
         dir.on_state(StateMsg::Hello {
             node: "n2".into(),
             inc: "new".into(),
+            seq: 0,
         });
         assert!(names(&dir, "a@x").is_empty() && names(&dir, "b@x").is_empty());
-        dir.on_state(snapshot("n2", "new", 1, &["b@x/9"]));
+        dir.on_state(StateMsg::Up {
+            node: "n2".into(),
+            inc: "new".into(),
+            seq: 1,
+            session: wire("b@x/9"),
+        });
         assert_eq!(names(&dir, "b@x"), ["b@x/9"]);
     }
 
     #[test]
+    fn a_silent_node_is_forgotten_after_its_lease() {
+        let dir = connected_test_directory();
+        joined(&dir, "n2");
+        dir.on_state(up("n2", 1, "a@x/1"));
+        dir.expire_silent(Instant::now());
+        assert_eq!(names(&dir, "a@x"), ["a@x/1"]);
+        dir.expire_silent(Instant::now() + dir.lease + Duration::from_secs(1));
+        assert!(names(&dir, "a@x").is_empty());
+        assert!(dir.peers().is_empty());
+        assert_eq!(dir.stats().remote_sessions, 0);
+    }
+
+    #[test]
     fn unresponsive_node_is_skipped_until_heard_from_and_bye_forgets_at_once() {
-        let dir = directory();
-        dir.on_state(snapshot("n2", "i", 1, &["a@x/1"]));
-        dir.on_state(snapshot("n3", "i", 1, &["a@x/2"]));
-        let a1 = stanza::parse_jid("a@x/1")
-            .ok()
-            .and_then(|j| j.try_into_full().ok());
-        let Some(a1) = a1 else { panic!("test JID") };
+        let dir = connected_test_directory();
+        joined(&dir, "n2");
+        joined(&dir, "n3");
+        dir.on_state(up("n2", 1, "a@x/1"));
+        dir.on_state(up("n3", 1, "a@x/2"));
+        let a1 = full("a@x/1");
         dir.undeliverable("n2", &a1, kabar_xml::elem("message", "jabber:client"), true);
         assert_eq!(names(&dir, "a@x"), ["a@x/2"]);
         assert!(dir.get(&a1).is_none());
-        dir.on_state(snapshot("n2", "i", 2, &["a@x/1"]));
+        dir.on_state(beat("n2", 1));
         assert_eq!(names(&dir, "a@x"), ["a@x/1", "a@x/2"]);
         dir.on_state(StateMsg::Bye {
             node: "n3".into(),
@@ -1199,46 +1094,10 @@ mod tests {
         });
         assert_eq!(names(&dir, "a@x"), ["a@x/1"]);
         // Closing sessions of a node that said bye do not bring it back.
-        dir.on_state(StateMsg::Down {
-            node: "n3".into(),
-            inc: "i".into(),
-            jid: "a@x/2".into(),
-        });
+        dir.on_state(down("n3", 2, "a@x/2"));
         assert_eq!(dir.peers(), ["n2"]);
         // Cut off from NATS, a node sees only its own sessions.
         dir.connected.store(false, Ordering::Release);
         assert!(names(&dir, "a@x").is_empty());
-    }
-
-    #[test]
-    fn wire_session_keeps_presence_and_routing_state() {
-        let jid = stanza::parse_jid("a@example.org/r")
-            .ok()
-            .and_then(|j| j.try_into_full().ok());
-        let Some(jid) = jid else { panic!("test JID") };
-        let presence: Element =
-            "<presence xmlns='jabber:client'><show>away</show><x xmlns='urn:x'/></presence>"
-                .parse()
-                .unwrap_or_else(|_| panic!("test presence"));
-        let info = SessionInfo {
-            jid: jid.clone(),
-            available: true,
-            priority: -3,
-            presence: Some(presence.clone()),
-            interested: true,
-            directed_to: vec!["b@example.org".into()],
-            detached: false,
-            inactive: true,
-        };
-        let json = serde_json::to_string(&WireSession::from_info(&info)).unwrap_or_default();
-        let back: WireSession = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
-        let Some(back) = back.into_info() else {
-            panic!("round trip lost the session")
-        };
-        assert_eq!(back.jid, jid);
-        assert!(back.available && back.interested && back.inactive && !back.detached);
-        assert_eq!(back.priority, -3);
-        assert_eq!(back.presence, Some(presence));
-        assert_eq!(back.directed_to, vec!["b@example.org".to_string()]);
     }
 }

@@ -28,7 +28,7 @@ impl ClusterDirectory {
             (
                 r.nodes.len(),
                 r.nodes.values().filter(|n| n.suspect).count(),
-                r.by_bare.values().map(Vec::len).sum(),
+                r.len(),
             )
         };
         let c = &self.counters;
@@ -59,8 +59,8 @@ impl ClusterDirectory {
             .collect();
         if self.is_connected() {
             let r = self.remote_read();
-            for e in r.by_bare.values().flatten().filter(|e| r.routable(e)) {
-                out.push((e.node.clone(), e.info.clone()));
+            for e in r.all().filter(|e| r.routable(e)) {
+                out.push((e.node.to_string(), e.info()));
             }
         }
         out

@@ -125,6 +125,20 @@ pub struct HttpConfig {
     /// Added to the process's nice value for those threads (Linux only, 0–19), so the kernel
     /// runs XMPP session work first when both want the CPU.
     pub listener_nice: i32,
+    /// Linux scheduling policy of those threads: `nice` (SCHED_OTHER at `listener_nice`) or
+    /// `idle` (SCHED_IDLE: any woken normal thread preempts them at once; docs/OVERLOAD.md).
+    pub listener_sched: ListenerSched,
+}
+
+/// Scheduling policy of the HTTPS listener's threads (`[http] listener_sched`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerSched {
+    /// SCHED_OTHER with `listener_nice` added.
+    #[default]
+    Nice,
+    /// SCHED_IDLE: runs only when no normal thread of the process wants the core.
+    Idle,
 }
 
 impl Default for HttpConfig {
@@ -137,6 +151,7 @@ impl Default for HttpConfig {
             web_client: true,
             listener_threads: 1,
             listener_nice: 10,
+            listener_sched: ListenerSched::Nice,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct MonitorSection {
     pub webhook_max_backoff_ms: u64,
     /// Alerts waiting per webhook URL (100); when full, the oldest waiting alert is dropped.
     pub webhook_queue: usize,
+    /// Alerts waiting for all webhook URLs together (1000); when full, the oldest waiting alert
+    /// of any URL is dropped. Waiting alerts are kept in the store and resumed after a restart.
+    pub webhook_pending_max: usize,
     /// How long a subscription requested on the status page waits for confirmation (86400 s).
     pub confirm_ttl_secs: u64,
     /// Confirmations waiting at once (1000) and per client address (5); further requests are
@@ -86,6 +89,7 @@ impl Default for MonitorSection {
             webhook_backoff_ms: 2000,
             webhook_max_backoff_ms: 300_000,
             webhook_queue: 100,
+            webhook_pending_max: 1000,
             confirm_ttl_secs: 86_400,
             max_pending_confirmations: 1000,
             max_pending_per_ip: 5,

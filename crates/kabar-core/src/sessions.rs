@@ -164,6 +164,9 @@ impl SessionDirectory for LocalSessions {
                 text: Some("Replaced by a new connection with the same resource".into()),
             });
         }
+        // Most accounts have one session: room for exactly one more instead of the four a first
+        // push reserves (an idle connection's memory, docs/BENCHMARKS.md).
+        list.reserve_exact(1);
         list.push(Entry {
             info: SessionInfo {
                 jid,

@@ -249,6 +249,14 @@ pub struct Baseline {
     g_num: f64,
     g_den: f64,
     g_hour: Option<i64>,
+    /// Per-minute overdispersion φ (see [`Baseline::minute_dispersion`]): exponentially weighted
+    /// Σ (S − (n−1)·m) and Σ (n−1)·m² over clean hours (absent in older saved state).
+    #[serde(default)]
+    phi_num: f64,
+    #[serde(default)]
+    phi_den: f64,
+    #[serde(default)]
+    phi_hour: Option<i64>,
     /// Minutes not yet committed into hourly observations, oldest first.
     pending: VecDeque<MinuteEntry>,
     last_minute: Option<u64>,
@@ -267,6 +275,9 @@ impl Baseline {
             g_num: 0.0,
             g_den: 0.0,
             g_hour: None,
+            phi_num: 0.0,
+            phi_den: 0.0,
+            phi_hour: None,
             pending: VecDeque::new(),
             last_minute: None,
             cfg,
@@ -288,6 +299,21 @@ impl Baseline {
             return None;
         }
         self.weekly_level.get(slot).copied().flatten().map(|l| l.level)
+    }
+
+    /// Per-minute overdispersion φ: a minute's count has variance `m + φ·m²` around its hour's
+    /// mean `m` (0 = Poisson). The level spread describes how hourly *levels* vary from week to
+    /// week; φ describes how single minutes scatter around a level (bursty reporting: one news
+    /// item, one chat group). A w-minute window sum averages it down to `φ/w`, so it matters for
+    /// the 1- and 2-minute windows of the tail test. Estimated by the method of moments from the
+    /// within-hour scatter of clean minutes (`E[S] = (n−1)(m + φm²)` for S the sum of squared
+    /// deviations), pooled over hours with a one-week time constant; a trend inside an hour
+    /// inflates it slightly, which errs on the safe side. Capped at 1.
+    pub fn minute_dispersion(&self) -> f64 {
+        if self.phi_den <= 0.0 {
+            return 0.0;
+        }
+        (self.phi_num / self.phi_den).clamp(0.0, 1.0)
     }
 
     /// The current level factor g.
@@ -410,6 +436,7 @@ impl Baseline {
     fn commit_hour(&mut self, hour: i64) {
         let off = self.cfg.utc_offset_minutes;
         let (mut n, mut sum, mut exp, mut seasonal, mut cold) = (0u32, 0u64, 0.0, 0.0, false);
+        let mut sum_sq = 0.0f64;
         while let Some(e) = self.pending.front().copied() {
             if local_hour(e.minute, off) != hour {
                 break;
@@ -418,6 +445,7 @@ impl Baseline {
             if e.clean {
                 n += 1;
                 sum += e.count;
+                sum_sq += (e.count as f64) * (e.count as f64);
                 exp += e.expected;
                 seasonal += e.seasonal;
                 cold |= e.cold;
@@ -428,6 +456,7 @@ impl Baseline {
         }
         let nf = f64::from(n);
         let mut rate = sum as f64 / nf;
+        self.learn_dispersion(hour, nf, sum as f64, sum_sq);
         if !cold && self.cfg.clip_multiple > 0.0 {
             rate = rate.min(self.cfg.clip_multiple * exp / nf);
         }
@@ -459,6 +488,24 @@ impl Baseline {
             self.g_den = self.g_den * decay + seasonal;
             self.g_hour = Some(hour);
         }
+    }
+}
+
+impl Baseline {
+    /// One hour's contribution to φ (`n` clean minutes, their sum and sum of squares).
+    fn learn_dispersion(&mut self, hour: i64, n: f64, sum: f64, sum_sq: f64) {
+        if n < 2.0 || sum <= 0.0 {
+            return;
+        }
+        let m = sum / n;
+        let scatter = (sum_sq - sum * m).max(0.0);
+        // One week: long enough that a quiet service's few reports pool into a usable estimate.
+        const TAU_HOURS: f64 = 168.0;
+        let elapsed = self.phi_hour.map_or(1, |h| (hour - h).max(1));
+        let decay = (-(elapsed as f64) / TAU_HOURS).exp();
+        self.phi_num = self.phi_num * decay + (scatter - (n - 1.0) * m);
+        self.phi_den = self.phi_den * decay + (n - 1.0) * m * m;
+        self.phi_hour = Some(hour);
     }
 }
 

@@ -16,6 +16,7 @@ pub mod detector;
 pub mod eval;
 pub mod monitor;
 pub mod reports;
+pub mod tail;
 
 pub use baseline::{Baseline, BaselineConfig, Expectation, LevelSource, MinuteBucket, MinuteBuckets, WindowSum};
 pub use detector::{
@@ -24,6 +25,7 @@ pub use detector::{
 };
 pub use eval::{run_evaluation, run_evaluation_seeds, run_evaluation_with, EvalConfig, EvalReport};
 pub use monitor::{Monitor, MonitorConfig, MonitorError, ServiceMonitor, ServiceStatus};
+pub use tail::{TailRule, TailSignal};
 pub use reports::{
     BucketConfig, GateConfig, GateStats, NotCounted, ProblemType, Region, Report, ReportError, ReportGate, Verdict,
 };

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::{Baseline, BaselineConfig, Expectation, MinuteBucket, MinuteBuckets};
+use crate::baseline::{Baseline, BaselineConfig, Expectation, MinuteBucket, MinuteBuckets, WindowSum};
 use crate::detector::{AnnotateError, Detector, DetectorConfig, Event, Incident, ProbeTracker, State, WindowSignal};
 use crate::reports::{GateConfig, ProblemType, Report, ReportError, ReportGate, Verdict};
 
@@ -215,6 +215,10 @@ impl ServiceMonitor {
                 let end = minute.saturating_sub(u64::from(rule.short_minutes));
                 self.detector.observe_onset(short, self.buckets.window(end, rule.lookback_minutes));
             }
+        }
+        if let Some(rule) = &self.cfg.detector.tail {
+            let sums: Vec<WindowSum> = rule.windows.iter().map(|&w| self.buckets.window(minute, w)).collect();
+            self.detector.observe_tail(&sums, exp.spread, self.baseline.minute_dispersion());
         }
         let events = self.detector.step(minute, &signals, probes, capped);
         if events.iter().any(|e| matches!(e, Event::IncidentOpened { .. })) {

@@ -255,6 +255,11 @@ fn deviance_z_is_signed_and_respects_small_count_tails() {
 }
 
 /// A 5-minute window with `observed` reports where `expected` were expected.
+/// The CUSUM is off by default since the tail test; these tests turn its tuned rule on.
+fn with_cusum() -> DetectorConfig {
+    DetectorConfig { cusum: Some(kabar_monitor::detector::DEFAULT_CUSUM), ..DetectorConfig::default() }
+}
+
 fn window(observed: u64, expected: f64) -> Vec<WindowSignal> {
     vec![WindowSignal::from_sum(WindowSum { minutes: 5, observed, expected }, 0.1)]
 }
@@ -263,7 +268,7 @@ fn window(observed: u64, expected: f64) -> Vec<WindowSignal> {
 fn cusum_accumulates_a_sustained_low_volume_rise_into_possible_problems_and_drains_at_normal_rates() {
     // 3 reports a minute where 0.5 were expected; the window (8 of 3 expected, z ≈ 2.3) passes no
     // window threshold, so only the CUSUM can raise the state.
-    let mut d = Detector::new("chat", DetectorConfig::default());
+    let mut d = Detector::new("chat", with_cusum());
     let mut events = Vec::new();
     for m in 0..4u64 {
         d.observe_minute(3, 0.5);
@@ -280,7 +285,7 @@ fn cusum_accumulates_a_sustained_low_volume_rise_into_possible_problems_and_drai
 
 #[test]
 fn cusum_needs_the_minimum_count_so_a_handful_on_a_silent_service_does_not_trigger() {
-    let mut d = Detector::new("chat", DetectorConfig::default());
+    let mut d = Detector::new("chat", with_cusum());
     // Five reports in one minute against the 0.05 floor: a large CUSUM step, but only five.
     d.observe_minute(5, 0.05);
     assert!(d.cusum() >= 4.0);
@@ -306,4 +311,62 @@ fn onset_gate_keeps_a_slow_surge_out_of_problems_detected_but_not_an_abrupt_outa
     }
     assert_eq!(surge.state(), State::PossibleProblems);
     assert_eq!(outage.state(), State::ProblemsDetected);
+}
+
+/// The short windows the tail test reads, ending at the judged minute.
+fn tail_sums(per_minute: &[u64], expected_per_minute: f64) -> Vec<WindowSum> {
+    [1u32, 2, 3, 5]
+        .iter()
+        .map(|&w| {
+            let observed = per_minute.iter().rev().take(w as usize).sum();
+            WindowSum { minutes: w, observed, expected: expected_per_minute * f64::from(w) }
+        })
+        .collect()
+}
+
+#[test]
+fn tail_test_detects_a_low_volume_5x_outage_from_a_multi_minute_window_without_the_streak() {
+    // 0.5 reports/minute normal, then 13 in 5 minutes: p ≈ 1.5e-6, below the Bonferroni level
+    // for one false alarm a week (≈ 2.5e-5). The 5-minute window's own z-test is not passed
+    // (z ≈ 3.9 < 4), so only the tail test can detect it, and at once: the window already spans
+    // five minutes of evidence.
+    let mut d = Detector::new("chat", DetectorConfig::default());
+    let counts = [2u64, 3, 3, 2, 3];
+    d.observe_tail(&tail_sums(&counts, 0.5), 0.1, 0.0);
+    let ev = d.step(M0, &window(13, 2.5), no_probes(), false);
+    assert_eq!(d.state(), State::ProblemsDetected, "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(e, Event::IncidentOpened { .. })));
+}
+
+#[test]
+fn tail_test_one_burst_minute_is_only_possible_problems() {
+    // Eight reports in one minute where 0.5 are normal: improbable, but one minute is no outage.
+    let mut d = Detector::new("chat", DetectorConfig::default());
+    d.observe_tail(&tail_sums(&[0, 0, 0, 0, 8], 0.5), 0.1, 0.0);
+    d.step(M0, &window(8, 2.5), no_probes(), false);
+    assert_eq!(d.state(), State::Ok);
+    d.observe_tail(&tail_sums(&[0, 0, 0, 8, 0], 0.5), 0.1, 0.0);
+    let ev = d.step(M0 + 1, &window(8, 2.5), no_probes(), false);
+    assert!(d.state() < State::ProblemsDetected, "{ev:?}");
+}
+
+#[test]
+fn tail_test_respects_the_onset_gate_and_the_reports_cap() {
+    // The same strong 5-minute window, but the half hour before was already as busy: a surge,
+    // not an abrupt outage, so at most "possible".
+    let mut d = Detector::new("chat", DetectorConfig::default());
+    let short = WindowSignal::from_sum(WindowSum { minutes: 5, observed: 13, expected: 2.5 }, 0.1);
+    for m in 0..3 {
+        d.observe_onset(&short, WindowSum { minutes: 30, observed: 70, expected: 15.0 });
+        d.observe_tail(&tail_sums(&[2, 3, 3, 2, 3], 0.5), 0.1, 0.0);
+        d.step(M0 + m, &window(13, 2.5), no_probes(), false);
+    }
+    assert_eq!(d.state(), State::PossibleProblems);
+    // During warm-up (reports capped) the tail test cannot detect either.
+    let mut d = Detector::new("chat", DetectorConfig::default());
+    for m in 0..3 {
+        d.observe_tail(&tail_sums(&[2, 3, 3, 2, 3], 0.5), 0.1, 0.0);
+        d.step(M0 + m, &window(13, 2.5), no_probes(), true);
+    }
+    assert_eq!(d.state(), State::PossibleProblems);
 }

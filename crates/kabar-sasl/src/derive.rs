@@ -2,99 +2,96 @@
 //! iterations at a time, so a server can interleave a registration surge's key derivations with the
 //! traffic of people already chatting instead of giving them whole cores for milliseconds at a time.
 
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-use sha2::Sha256;
+use crate::hi::{iterate_pair, Hi, Sha1Md, Sha256Md};
+use crate::{saslprep_nonempty, SaslError, ScramCredentials, ScramHash};
 
-use crate::{saslprep_nonempty, ScramCredentials, ScramHash, SaslError};
-
-#[derive(Clone)]
-enum Prf {
-    Sha1(Hmac<Sha1>),
-    Sha256(Hmac<Sha256>),
-}
-
-impl Prf {
-    /// `HMAC(key, data)` from the pre-keyed state (cloning it saves re-hashing the key each time).
-    fn mac(&self, data: &[u8]) -> Vec<u8> {
-        match self.clone() {
-            Prf::Sha1(mut m) => {
-                m.update(data);
-                m.finalize().into_bytes().to_vec()
-            }
-            Prf::Sha256(mut m) => {
-                m.update(data);
-                m.finalize().into_bytes().to_vec()
-            }
-        }
-    }
+enum State {
+    Sha1(Hi<Sha1Md>),
+    Sha256(Hi<Sha256Md>),
 }
 
 /// One SCRAM credential derivation in progress.
 pub struct Derivation {
     hash: ScramHash,
-    prf: Prf,
+    state: State,
     salt: Vec<u8>,
     iterations: u32,
-    /// `U_i` of the last iteration done.
-    u: Vec<u8>,
-    /// `U_1 XOR … XOR U_i`.
-    acc: Vec<u8>,
     done: u32,
 }
 
 impl Derivation {
     /// Starts `Hi(SASLprep(password), salt, iterations)` (RFC 5802 §2.2) and does its first
     /// iteration. Fails like [`crate::derive_credentials`].
-    pub fn new(hash: ScramHash, password: &str, salt: &[u8], iterations: u32) -> Result<Derivation, SaslError> {
+    pub fn new(
+        hash: ScramHash,
+        password: &str,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<Derivation, SaslError> {
         if iterations == 0 {
             return Err(SaslError::MalformedRequest);
         }
         let prepped = saslprep_nonempty(password)?;
-        // HMAC takes keys of any length, so keying cannot fail; map it anyway rather than panic.
-        let prf = match hash {
-            ScramHash::Sha1 => Prf::Sha1(
-                <Hmac<Sha1> as KeyInit>::new_from_slice(prepped.as_bytes()).map_err(|_| SaslError::MalformedRequest)?,
-            ),
-            ScramHash::Sha256 => Prf::Sha256(
-                <Hmac<Sha256> as KeyInit>::new_from_slice(prepped.as_bytes()).map_err(|_| SaslError::MalformedRequest)?,
-            ),
+        let state = match hash {
+            ScramHash::Sha1 => State::Sha1(Hi::new(prepped.as_bytes(), salt)),
+            ScramHash::Sha256 => State::Sha256(Hi::new(prepped.as_bytes(), salt)),
         };
-        let mut first = salt.to_vec();
-        first.extend_from_slice(&1u32.to_be_bytes());
-        let u = prf.mac(&first);
-        Ok(Derivation { hash, prf, salt: salt.to_vec(), iterations, acc: u.clone(), u, done: 1 })
+        Ok(Derivation {
+            hash,
+            state,
+            salt: salt.to_vec(),
+            iterations,
+            done: 1,
+        })
     }
 
     /// Runs up to `slice` more iterations; true when the derivation is complete.
     pub fn step(&mut self, slice: u32) -> bool {
-        let end = self.done.saturating_add(slice).min(self.iterations);
-        while self.done < end {
-            self.u = self.prf.mac(&self.u);
-            for (a, b) in self.acc.iter_mut().zip(&self.u) {
-                *a ^= b;
-            }
-            self.done += 1;
+        let n = slice.min(self.iterations - self.done);
+        match &mut self.state {
+            State::Sha1(h) => h.iterate(n),
+            State::Sha256(h) => h.iterate(n),
         }
+        self.done += n;
         self.done >= self.iterations
     }
 
     /// The credentials (RFC 5802 §3); completes any iterations still missing first.
     pub fn finish(mut self) -> ScramCredentials {
         self.step(u32::MAX);
-        let client_key = self.hash.hmac(&self.acc, &[b"Client Key"]);
-        ScramCredentials {
-            salt: self.salt,
-            iterations: self.iterations,
-            stored_key: self.hash.digest(&client_key),
-            server_key: self.hash.hmac(&self.acc, &[b"Server Key"]),
-        }
+        let salted = match &self.state {
+            State::Sha1(h) => h.output(),
+            State::Sha256(h) => h.output(),
+        };
+        crate::keys_from_salted(self.hash, salted, self.salt, self.iterations)
     }
 }
 
+/// Runs up to `slice` more iterations of two derivations (e.g. one account's SCRAM-SHA-1 and
+/// SCRAM-SHA-256 keys) in lockstep, which is faster than stepping them one after the other (see
+/// `hi::iterate_pair`); true when both are complete. Results equal [`Derivation::step`]'s.
+pub fn step_pair(a: &mut Derivation, b: &mut Derivation, slice: u32) -> bool {
+    let n = slice.min(a.iterations - a.done).min(b.iterations - b.done);
+    match (&mut a.state, &mut b.state) {
+        (State::Sha1(x), State::Sha256(y)) => iterate_pair(x, y, n),
+        (State::Sha256(x), State::Sha1(y)) => iterate_pair(x, y, n),
+        (State::Sha1(x), State::Sha1(y)) => iterate_pair(x, y, n),
+        (State::Sha256(x), State::Sha256(y)) => iterate_pair(x, y, n),
+    }
+    a.done += n;
+    b.done += n;
+    // Unequal iteration counts: the longer one finishes alone.
+    let rest = slice - n;
+    let a_done = a.step(rest);
+    b.step(rest) && a_done
+}
+
 /// [`Derivation`] with a fresh random salt, like [`crate::new_credentials`].
-pub fn new_derivation(hash: ScramHash, password: &str, iterations: u32) -> Result<Derivation, SaslError> {
+pub fn new_derivation(
+    hash: ScramHash,
+    password: &str,
+    iterations: u32,
+) -> Result<Derivation, SaslError> {
     let salt: [u8; crate::SALT_LEN] = rand::random();
     Derivation::new(hash, password, &salt, iterations)
 }

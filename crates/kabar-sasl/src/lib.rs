@@ -22,6 +22,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 mod derive;
+mod hi;
 mod plain;
 mod scram;
 
@@ -33,7 +34,7 @@ mod tests;
 
 mod ht;
 
-pub use derive::{new_derivation, Derivation};
+pub use derive::{new_derivation, step_pair, Derivation};
 pub use ht::{ht_server_final, new_token, parse_ht, verify_ht, HtMechanism};
 pub use plain::{parse_plain, verify_plain, PlainMessage};
 pub use scram::{ClientFirst, ScramServer};
@@ -90,14 +91,10 @@ impl ScramHash {
 
     /// `Hi(password, salt, i)` = PBKDF2-HMAC (RFC 5802 §2.2).
     fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-        let mut out = vec![0; self.output_len()];
         match self {
-            ScramHash::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, &mut out),
-            ScramHash::Sha256 => {
-                pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out)
-            }
+            ScramHash::Sha1 => hi::hi::<hi::Sha1Md>(password, salt, iterations),
+            ScramHash::Sha256 => hi::hi::<hi::Sha256Md>(password, salt, iterations),
         }
-        out
     }
 }
 
@@ -128,9 +125,14 @@ fn keys_from_prepped(
     iterations: u32,
 ) -> ScramCredentials {
     let salted = hash.salted_password(password, salt, iterations);
+    keys_from_salted(hash, salted, salt.to_vec(), iterations)
+}
+
+/// RFC 5802 §3 StoredKey and ServerKey from `SaltedPassword`.
+fn keys_from_salted(hash: ScramHash, salted: Vec<u8>, salt: Vec<u8>, iterations: u32) -> ScramCredentials {
     let client_key = hash.hmac(&salted, &[b"Client Key"]);
     ScramCredentials {
-        salt: salt.to_vec(),
+        salt,
         iterations,
         stored_key: hash.digest(&client_key),
         server_key: hash.hmac(&salted, &[b"Server Key"]),

@@ -745,3 +745,88 @@ fn rfc5802_rfc7677_resumable_derivation_matches_one_shot_in_any_slices() {
     }
     assert!(crate::Derivation::new(ScramHash::Sha256, "pencil", b"salt", 0).is_err());
 }
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+/// RFC 6070 PBKDF2-HMAC-SHA1 vectors and the RFC 7914 §11 PBKDF2-HMAC-SHA256 ones, through the
+/// hand-rolled `Hi` loop (one output block, so the vectors' first digest-length bytes).
+#[test]
+fn rfc6070_rfc7914_pbkdf2_vectors_through_hi() {
+    let sha1 = [
+        ("password", "salt", 1, "0c60c80f961f0e71f3a9b524af6012062fe037a6"),
+        ("password", "salt", 2, "ea6c014dc72d6f8ccd1ed92ace1d41f0d8de8957"),
+        ("password", "salt", 4096, "4b007901b765489abead49d926f721d065a429c1"),
+        ("passwordPASSWORDpassword", "saltSALTsaltSALTsaltSALTsaltSALTsalt", 4096, "3d2eec4fe41c849b80c8d83662c0e44a8b291a96"),
+        // dkLen 16 in RFC 6070: compare the prefix.
+        ("pass\0word", "sa\0lt", 4096, "56fa6aa75548099dcc37d7f03425e0c3"),
+    ];
+    for (p, s, c, want) in sha1 {
+        let got = crate::hi::hi::<crate::hi::Sha1Md>(p.as_bytes(), s.as_bytes(), c);
+        assert_eq!(got[..want.len() / 2], hex(want)[..], "SHA-1 {p:?} {s:?} {c}");
+    }
+    let sha256 = [
+        ("passwd", "salt", 1, "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc"),
+        ("Password", "NaCl", 80000, "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b34ab56"),
+    ];
+    for (p, s, c, want) in sha256 {
+        let got = crate::hi::hi::<crate::hi::Sha256Md>(p.as_bytes(), s.as_bytes(), c);
+        assert_eq!(got, hex(want), "SHA-256 {p:?} {s:?} {c}");
+    }
+}
+
+/// The hand-rolled `Hi` equals the `pbkdf2` crate's generic PBKDF2-HMAC for keys and salts around
+/// the HMAC block size (keys over 64 bytes are hashed first, RFC 2104 §2; salts that push the
+/// first message's padding into a second block) and for iteration counts 1..=3 and 4096.
+#[test]
+fn rfc8018_5_2_hi_matches_reference_pbkdf2_across_block_boundaries() {
+    for key_len in [1, 20, 55, 56, 63, 64, 65, 100, 200] {
+        for salt_len in [0, 1, 16, 51, 52, 55, 56, 59, 60, 64, 120, 200] {
+            for c in [1, 2, 3, 4096] {
+                if c == 4096 && (key_len % 5 != 0 || salt_len % 4 != 0) {
+                    continue; // the long count only on a subset, to keep the test fast in debug builds
+                }
+                let key: Vec<u8> = (0..key_len).map(|i| (i * 7 + 3) as u8).collect();
+                let salt: Vec<u8> = (0..salt_len).map(|i| (i * 13 + 1) as u8).collect();
+                let mut want1 = [0u8; 20];
+                pbkdf2::pbkdf2_hmac::<sha1::Sha1>(&key, &salt, c, &mut want1);
+                assert_eq!(crate::hi::hi::<crate::hi::Sha1Md>(&key, &salt, c), want1, "SHA-1 {key_len}/{salt_len}/{c}");
+                let mut want256 = [0u8; 32];
+                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(&key, &salt, c, &mut want256);
+                assert_eq!(
+                    crate::hi::hi::<crate::hi::Sha256Md>(&key, &salt, c),
+                    want256,
+                    "SHA-256 {key_len}/{salt_len}/{c}"
+                );
+            }
+        }
+    }
+}
+
+/// Deriving an account's two key sets in lockstep (`step_pair`, as registration does) gives the
+/// RFC 5802 §5 / RFC 7677 §3 results of each derived alone, for any slice size, and also when the
+/// two iteration counts differ (the longer one finishes alone).
+#[test]
+fn rfc5802_rfc7677_lockstep_pair_derivation_matches_one_shot() {
+    let (salt1, salt256) = (b64d(RFC5802_SALT), b64d(RFC7677_SALT));
+    let want1 = derive_credentials(ScramHash::Sha1, "pencil", &salt1, 4096).unwrap();
+    let want256 = derive_credentials(ScramHash::Sha256, "pencil", &salt256, 4096).unwrap();
+    for slice in [1, 7, 256, 4096, u32::MAX] {
+        let mut a = crate::Derivation::new(ScramHash::Sha1, "pencil", &salt1, 4096).unwrap();
+        let mut b = crate::Derivation::new(ScramHash::Sha256, "pencil", &salt256, 4096).unwrap();
+        let mut steps = 0;
+        while !crate::step_pair(&mut a, &mut b, slice) {
+            steps += 1;
+            assert!(steps <= 4096, "the pair derivation ends");
+        }
+        assert_eq!((a.finish(), b.finish()), (want1.clone(), want256.clone()), "slices of {slice}");
+    }
+    for (n1, n2) in [(4096, 5000), (5000, 4096), (1, 4096)] {
+        let mut a = crate::Derivation::new(ScramHash::Sha256, "pencil", &salt256, n1).unwrap();
+        let mut b = crate::Derivation::new(ScramHash::Sha256, "pencil", &salt1, n2).unwrap();
+        while !crate::step_pair(&mut a, &mut b, 300) {}
+        assert_eq!(a.finish(), derive_credentials(ScramHash::Sha256, "pencil", &salt256, n1).unwrap());
+        assert_eq!(b.finish(), derive_credentials(ScramHash::Sha256, "pencil", &salt1, n2).unwrap());
+    }
+}

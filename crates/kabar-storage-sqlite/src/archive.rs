@@ -1,5 +1,11 @@
 //! [`ArchiveStore`] on SQLite: the `archive` table (migration 2) with an external-content FTS5
-//! index (`archive_fts`) over the searchable body, kept in step by triggers.
+//! index (`archive_fts`) over the searchable body. [`insert`] adds a new row's terms itself
+//! (migration 3 dropped the insert trigger, whose statement savepoint made FTS5 write a new index
+//! segment for every message); triggers still follow updates and deletes of `body`.
+//!
+//! Appends and flushes run on the writer without a savepoint of their own
+//! ([`crate::writer::Isolation::Atomic`]), so a batch of messages costs one FTS5 segment, written at
+//! its COMMIT.
 //!
 //! Order is `(ts, id)`, served by the indexes `(owner, ts, id)` and `(owner, peer, ts, id)`; cursors
 //! and `after_id`/`before_id` are resolved to their `(ts, id)` position and compared as row values.
@@ -13,6 +19,7 @@ use kabar_storage::{ArchiveCursor, ArchiveItem, ArchivePage, ArchiveQuery, Archi
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
+use crate::writer::Isolation;
 use crate::{corrupt, immediate, Ctx, SqliteStore};
 
 /// Most items [`ArchiveStore::archive_find_refs`] returns.
@@ -183,8 +190,11 @@ fn run_query(conn: &mut Connection, owner: &str, q: &ArchiveQuery) -> Result<Opt
     Ok(Some(ArchivePage { items, complete, count }))
 }
 
+/// Inserts one row and its index terms; `Ok(0)` when the id (or dedupe key) is taken. When the
+/// second statement fails the first has changed the database: the caller's savepoint, or the
+/// writer's batch rollback for [`crate::writer::Isolation::Atomic`] writes, takes it back.
 fn insert(conn: &Connection, owner: &str, item: &ArchiveItem, dedupe_key: Option<&str>) -> Result<usize> {
-    conn.prepare_cached(
+    let n = conn.prepare_cached(
         "INSERT INTO archive (owner, id, peer, peer_full, direction, ts, message_id, origin_id,
                               replaces, body, stanza, retracted, dedupe_key)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -206,7 +216,16 @@ fn insert(conn: &Connection, owner: &str, item: &ArchiveItem, dedupe_key: Option
         i64::from(item.retracted),
         dedupe_key,
     ])
-    .ctx("archive_append")
+    .ctx("archive_append")?;
+    // Every row gets an entry, NULL bodies too: FTS5's integrity check expects one per content row.
+    if n == 1 {
+        let body = &item.body;
+        conn.prepare_cached("INSERT INTO archive_fts (rowid, body) VALUES (?1, ?2)")
+            .ctx("archive_append: index")?
+            .execute(params![conn.last_insert_rowid(), body])
+            .ctx("archive_append: index")?;
+    }
+    Ok(n)
 }
 
 #[async_trait]
@@ -215,7 +234,7 @@ impl ArchiveStore for SqliteStore {
         let owner = owner.to_owned();
         let item = item.clone();
         let dedupe_key = dedupe_key.map(str::to_owned);
-        self.write(move |conn| {
+        self.write_isolated(Isolation::Atomic, move |conn| {
             let n = insert(conn, &owner, &item, dedupe_key.as_deref())?;
             Ok(n > 0)
         })
@@ -225,7 +244,7 @@ impl ArchiveStore for SqliteStore {
     async fn archive_append_queued(&self, owner: &str, item: &ArchiveItem) -> Result<()> {
         let owner = owner.to_owned();
         let item = item.clone();
-        self.write_queued(move |conn| {
+        self.write_queued(Isolation::Atomic, move |conn| {
             let n = insert(conn, &owner, &item, None)?;
             if n == 0 {
                 return Err(StoreError::Backend(format!("sqlite: archive id {} of {owner} is taken", item.id)));
@@ -236,7 +255,7 @@ impl ArchiveStore for SqliteStore {
     }
 
     async fn archive_flush(&self) -> Result<()> {
-        self.write(|_| Ok(())).await
+        self.write_isolated(Isolation::Atomic, |_| Ok(())).await
     }
 
     async fn archive_get(&self, owner: &str, id: &str) -> Result<Option<ArchiveItem>> {

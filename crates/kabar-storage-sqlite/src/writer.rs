@@ -2,13 +2,17 @@
 //! is being fsynced share the next transaction, so N concurrent writers cost one fsync instead of N.
 //!
 //! Each write runs inside its own SAVEPOINT, so a write that fails (or panics) is rolled back alone
-//! and the others in its batch still commit. A caller gets its result only after the COMMIT that
+//! and the others in its batch still commit. Writes marked [`Isolation::Atomic`] skip that savepoint
+//! inside a batch: one that fails after changing something aborts the whole batch instead. The
+//! archive's appends and flushes are such writes, because every savepoint makes FTS5 write its
+//! pending terms out as a new index segment (and SQLite journal each touched page into the
+//! sub-journal), which cost more than the insert itself; without them a batch's new terms are
+//! written once, at its COMMIT. A caller gets its result only after the COMMIT that
 //! holds its change has returned, so "Ok" still means "on disk" (synchronous=FULL), exactly as with
 //! one transaction per write. If SQLite aborts the whole transaction mid-batch (I/O error, disk
 //! full), every write of that batch so far is reported failed and the rest start a new batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{Receiver, SyncSender};
 
 use kabar_storage::{Result, StoreError};
 use rusqlite::Connection;
@@ -16,7 +20,7 @@ use tracing::{error, warn};
 
 /// Most writes one transaction takes; bounds how long the first of them waits for its commit.
 const MAX_BATCH: usize = 512;
-/// Writes waiting for the writer thread; senders block (on the blocking pool) beyond this.
+/// Writes waiting for the writer thread; senders wait (asynchronously) beyond this.
 pub(crate) const QUEUE: usize = 4096;
 
 /// Finishes one write once its batch's fate is known: `Ok` when committed.
@@ -24,14 +28,25 @@ type Completion = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 /// One write: runs against the writer connection (inside a savepoint), returns its completion.
 pub(crate) type Job = Box<dyn FnOnce(&mut Connection) -> Completion + Send>;
 
+/// How one write is kept apart from the others in its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    /// Its own SAVEPOINT: a failure rolls back this write alone.
+    Savepoint,
+    /// No savepoint when a batch transaction is open: if it fails or panics after changing a row,
+    /// the whole batch is rolled back (and reported failed). For writes that usually cannot fail
+    /// half-way, where a savepoint's cost shows (the archive's appends).
+    Atomic,
+}
+
 /// Wraps `f` so its result reaches `reply` only after its transaction committed.
-pub(crate) fn job<T, F>(f: F, reply: tokio::sync::oneshot::Sender<Result<T>>) -> Job
+pub(crate) fn job<T, F>(isolation: Isolation, f: F, reply: tokio::sync::oneshot::Sender<Result<T>>) -> Job
 where
     T: Send + 'static,
     F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
 {
     Box::new(move |conn: &mut Connection| {
-        let outcome = in_savepoint(conn, f);
+        let outcome = isolated(conn, isolation, f);
         Box::new(move |commit: std::result::Result<(), String>| {
             let result = match (outcome, commit) {
                 (Err(e), _) => Err(e),
@@ -45,18 +60,39 @@ where
 }
 
 /// A write nobody waits for: its failure (or its batch's) is logged.
-pub(crate) fn queued_job<F>(f: F) -> Job
+pub(crate) fn queued_job<F>(isolation: Isolation, f: F) -> Job
 where
     F: FnOnce(&mut Connection) -> Result<()> + Send + 'static,
 {
     Box::new(move |conn: &mut Connection| {
-        let outcome = in_savepoint(conn, f);
+        let outcome = isolated(conn, isolation, f);
         Box::new(move |commit: std::result::Result<(), String>| {
             if let Err(e) = outcome.map_err(|e| e.to_string()).and(commit) {
                 error!(error = %e, "sqlite: a queued write was not stored");
             }
         })
     })
+}
+
+fn isolated<T>(conn: &mut Connection, isolation: Isolation, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    // Outside a batch transaction a write must be its own transaction: the savepoint is that.
+    if isolation == Isolation::Savepoint || conn.is_autocommit() {
+        return in_savepoint(conn, f);
+    }
+    let before = conn.total_changes();
+    let (outcome, panicked) = match catch_unwind(AssertUnwindSafe(|| f(conn))) {
+        Ok(r) => (r, false),
+        Err(_) => (Err(StoreError::Backend("sqlite: a write panicked; its batch was rolled back".into())), true),
+    };
+    // A failed statement changes nothing (SQLite undoes it, or the whole transaction on I/O
+    // errors), so a change counted here is an earlier statement of this write: without a
+    // savepoint only the whole batch can take it back. `run_batch` then reports the batch failed.
+    if (panicked || (outcome.is_err() && conn.total_changes() != before)) && !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            error!(error = %e, "sqlite: rolling back a batch after a failed write failed");
+        }
+    }
+    outcome
 }
 
 fn in_savepoint<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
@@ -79,15 +115,15 @@ fn in_savepoint<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Res
     outcome
 }
 
-pub(crate) fn spawn(conn: Connection) -> std::io::Result<SyncSender<Job>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+pub(crate) fn spawn(conn: Connection) -> std::io::Result<tokio::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     std::thread::Builder::new().name("kabar-sqlite-writer".into()).spawn(move || run(conn, rx))?;
     Ok(tx)
 }
 
 /// Runs until every sender is gone (the store was dropped).
-fn run(mut conn: Connection, rx: Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+fn run(mut conn: Connection, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -147,5 +183,93 @@ fn begin(conn: &mut Connection) -> bool {
             warn!(error = %e, "sqlite: could not begin a batch transaction; committing writes one by one");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)").expect("schema");
+        conn
+    }
+
+    fn insert(k: i64) -> impl FnOnce(&mut Connection) -> Result<()> + Send + 'static {
+        move |c: &mut Connection| {
+            c.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])
+                .map(|_| ())
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        }
+    }
+
+    fn rows(conn: &Connection) -> Vec<i64> {
+        let mut stmt = conn.prepare("SELECT k FROM t ORDER BY k").expect("prepare");
+        let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+        rows.map(|r| r.expect("row")).collect()
+    }
+
+    /// An atomic write whose only statement fails changed nothing, so its batch still commits.
+    #[test]
+    fn atomic_write_failing_whole_leaves_its_batch_committed() {
+        let mut conn = db();
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        let (tx3, mut rx3) = oneshot::channel();
+        run_batch(
+            &mut conn,
+            vec![
+                job(Isolation::Atomic, insert(1), tx1),
+                job(Isolation::Atomic, insert(1), tx2),
+                job(Isolation::Savepoint, insert(2), tx3),
+            ],
+        );
+        assert!(rx1.try_recv().expect("reply").is_ok());
+        assert!(rx2.try_recv().expect("reply").is_err(), "the duplicate key fails");
+        assert!(rx3.try_recv().expect("reply").is_ok());
+        assert_eq!(rows(&conn), vec![1, 2]);
+    }
+
+    /// An atomic write that fails after changing a row cannot be undone alone: the whole batch
+    /// is rolled back and every write in it reported failed, never half-stored and reported done.
+    #[test]
+    fn atomic_write_failing_half_way_fails_its_whole_batch() {
+        let mut conn = db();
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        let (tx3, mut rx3) = oneshot::channel();
+        let half = |c: &mut Connection| -> Result<()> {
+            insert(10)(c)?;
+            insert(1)(c)
+        };
+        run_batch(
+            &mut conn,
+            vec![
+                job(Isolation::Savepoint, insert(1), tx1),
+                job(Isolation::Atomic, half, tx2),
+                job(Isolation::Atomic, insert(3), tx3),
+            ],
+        );
+        assert!(rx1.try_recv().expect("reply").is_err(), "rolled back with its batch");
+        assert!(rx2.try_recv().expect("reply").is_err());
+        // The write after the rollback starts a new batch and commits.
+        assert!(rx3.try_recv().expect("reply").is_ok());
+        assert_eq!(rows(&conn), vec![3]);
+    }
+
+    /// Outside a batch transaction an atomic write is still all-or-nothing (its own savepoint).
+    #[test]
+    fn atomic_write_outside_a_batch_is_its_own_transaction() {
+        let mut conn = db();
+        let half = |c: &mut Connection| -> Result<()> {
+            insert(10)(c)?;
+            insert(10)(c)
+        };
+        assert!(conn.is_autocommit());
+        assert!(isolated(&mut conn, Isolation::Atomic, half).is_err());
+        assert!(isolated(&mut conn, Isolation::Atomic, insert(4)).is_ok());
+        assert_eq!(rows(&conn), vec![4]);
     }
 }

@@ -298,6 +298,59 @@ async fn archive_fts_index_consistent_and_durable() {
 }
 
 /// Queries use the archive indexes, not a scan of every owner's rows.
+/// Live chat's archive writes (queued appends from many tasks at once, committed in shared batches
+/// without a savepoint each, interleaved with awaited appends whose id is already taken) index every
+/// searchable body exactly once: FTS5's integrity check passes, before and after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archive_batched_appends_index_every_body_once() {
+    use kabar_storage::{ArchiveItem, ArchiveQuery, ArchiveStore, Direction};
+    let mut db = TempDb::new();
+    let item = |t: usize, n: usize| ArchiveItem {
+        id: format!("t{t}-{n:03}"),
+        with: "peer@example.org".into(),
+        direction: Direction::In,
+        timestamp: i64::try_from(t * 1000 + n).expect("small"),
+        // Every fifth message has no searchable text (a retraction's fallback, a bare receipt).
+        body: (n % 5 != 0).then(|| format!("batched common word{t}")),
+        stanza: format!("<message n='{n}'/>").into_bytes(),
+        ..ArchiveItem::default()
+    };
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let s = db.store().clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("owner{}@example.org", t % 2);
+            for n in 0..100 {
+                s.archive_append_queued(&owner, &item(t, n)).await.expect("queued");
+                if n % 10 == 9 {
+                    // Same owner, same id: refused, and must leave no index entry behind.
+                    let taken = s.archive_append(&owner, &item(t, n), None).await.expect("append");
+                    assert!(!taken, "id {} was already stored", item(t, n).id);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    db.archive_flush().await.expect("flush");
+    let check = |path: &Path| {
+        let conn = rusqlite::Connection::open(path).expect("raw open");
+        conn.execute("INSERT INTO archive_fts (archive_fts, rank) VALUES ('integrity-check', 1)", [])
+            .expect("FTS index matches the archive table");
+        let indexed: i64 = conn
+            .query_row("SELECT COUNT(*) FROM archive_fts WHERE archive_fts MATCH 'common'", [], |r| r.get(0))
+            .expect("fts count");
+        assert_eq!(indexed, 8 * 80, "every searchable body indexed once");
+    };
+    check(&db.path);
+    let q = ArchiveQuery { text: Some("word3".into()), max: 1000, ..ArchiveQuery::default() };
+    let page = db.archive_query("owner1@example.org", &q).await.expect("query").expect("page");
+    assert_eq!(page.count, 80);
+    db.reopen();
+    check(&db.path);
+}
+
 #[tokio::test]
 async fn archive_queries_use_indexes() {
     let db = TempDb::new();

@@ -131,6 +131,16 @@ impl StreamFramer {
             self.failed = Some(err.clone());
             return Err(err);
         }
+        if self.stack.is_empty() {
+            // Between stanzas the lexer's token buffers (each reserved at the full token limit,
+            // i.e. the stanza limit) hold nothing worth keeping: give them back, so a connection
+            // waiting for its next stanza owns no parser buffers and the pages they touched are
+            // reused by whichever stream reads next (docs/BENCHMARKS.md, memory per idle
+            // connection). Shrinking keeps any unfinished token, so this is safe at any point.
+            self.parser.release_temporaries();
+            // Likewise the stack of open elements (it grew to hold a stanza's children).
+            self.stack = Vec::new();
+        }
         result
     }
 
@@ -392,6 +402,40 @@ mod tests {
         let err = feed_all(&mut framer, &[HEADER, b"<message></iq>"]).expect_err("mismatch");
         assert_eq!(err.condition(), "not-well-formed");
         assert!(feed_all(&mut framer, &[b"<presence/>"]).is_err());
+    }
+
+    #[test]
+    fn rfc6120_4_2_stanzas_split_across_reads_at_every_boundary_kind() {
+        // The framer gives back the lexer's buffers whenever it is between stanzas; whatever was
+        // pending then (whitespace, half a tag, an entity) must carry over to the next read.
+        let stanzas = b"<message to='a@b'><body>x &amp; &#x41;y</body></message> \n<presence/><iq type='get' id='&lt;1'/>";
+        let mut doc = HEADER.to_vec();
+        doc.extend_from_slice(stanzas);
+        let whole = feed_all(&mut StreamFramer::new(Limits::default()), &[&doc]).expect("valid stream");
+        for split in 1..doc.len() {
+            let (a, b) = doc.split_at(split);
+            let parts = feed_all(&mut StreamFramer::new(Limits::default()), &[a, b]).expect("valid stream");
+            assert_eq!(format!("{parts:?}"), format!("{whole:?}"), "split at {split}");
+        }
+        assert_eq!(whole.len(), 4);
+    }
+
+    #[test]
+    fn rfc6120_4_9_3_12_limit_still_counts_a_stanza_fed_in_pieces() {
+        let limits = Limits { max_stanza_bytes: 1000, max_depth: 8 };
+        let mut framer = StreamFramer::new(limits);
+        let mut out = Vec::new();
+        framer.feed(HEADER, &mut out).expect("header");
+        framer.feed(b"<presence/>", &mut out).expect("small stanza");
+        framer.feed(b"<message><body>", &mut out).expect("start");
+        let mut err = None;
+        for _ in 0..20 {
+            if let Err(e) = framer.feed(&[b'a'; 100], &mut out) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert_eq!(err, Some(FramerError::StanzaTooLarge(1000)));
     }
 
     #[test]

@@ -5,10 +5,15 @@ use rxml::{Encoder, Item, Namespace, NcNameStr, XmlVersion};
 
 use crate::NS_STREAMS;
 
-/// Serialises one outgoing XML stream. One encoder lives for the whole stream so stanzas inherit
-/// the content namespace declared on the header instead of repeating it.
+/// Serialises one outgoing XML stream. Stanzas inherit the content namespace declared on the
+/// header instead of repeating it, so the encoder must know the header; it exists only while bytes
+/// are being produced, though: [`StreamWriter::take`] drops it and the next write rebuilds it in
+/// the state the header left (an idle stream then holds no encoder and no namespace maps,
+/// docs/BENCHMARKS.md, memory per idle connection).
 pub struct StreamWriter {
-    encoder: Encoder<SimpleNamespaces>,
+    encoder: Option<Box<Encoder<SimpleNamespaces>>>,
+    /// `</stream:stream>` was written: nothing may follow.
+    ended: bool,
     buf: BytesMut,
     /// (internal namespace, namespace on the wire); the inverse of the framer's alias.
     alias: Option<(&'static str, &'static str)>,
@@ -45,7 +50,7 @@ impl Default for StreamWriter {
 
 impl StreamWriter {
     pub fn new() -> Self {
-        StreamWriter { encoder: Encoder::new(), buf: BytesMut::new(), alias: None, content_ns: None }
+        StreamWriter { encoder: None, ended: false, buf: BytesMut::new(), alias: None, content_ns: None }
     }
 
     /// Elements in namespace `internal` are written in namespace `wire`.
@@ -56,16 +61,13 @@ impl StreamWriter {
 
     /// Writes the XML declaration and the open `<stream:stream>` tag, starting a fresh stream.
     pub fn open(&mut self, h: &HeaderAttrs<'_>) -> Result<(), WriteError> {
-        self.encoder = Encoder::new();
         self.content_ns = Some(h.content_ns.to_string());
-        let content_ns = Namespace::from(h.content_ns.to_string());
-        let stream_prefix = nc("stream")?;
-        self.encoder.ns_tracker_mut().declare_fixed(None, content_ns);
-        self.encoder
-            .ns_tracker_mut()
-            .declare_fixed(Some(stream_prefix), Namespace::from(NS_STREAMS.to_string()));
+        self.ended = false;
+        let mut encoder = Box::new(Encoder::new());
+        declare_stream_namespaces(&mut encoder, h.content_ns)?;
+        self.encoder = Some(encoder);
         self.item(Item::XmlDeclaration(XmlVersion::V1_0))?;
-        self.item(Item::ElementHeadStart(Namespace::from(NS_STREAMS.to_string()), nc("stream")?))?;
+        self.item(Item::ElementHeadStart(Namespace::from_str(NS_STREAMS), nc("stream")?))?;
         let attrs = [("from", h.from), ("to", h.to), ("id", Some(h.id)), ("version", h.version)];
         for (name, value) in attrs {
             if let Some(value) = value {
@@ -79,9 +81,11 @@ impl StreamWriter {
     }
 
     pub fn element(&mut self, el: &Element) -> Result<(), WriteError> {
+        let alias = self.alias;
+        let encoder = self.encoder()?;
         let mut scratch = BytesMut::new();
         // Encode into scratch first so a failure halfway leaves no partial element in the output.
-        write_element(&mut self.encoder, el, &mut scratch, self.alias).map_err(|e| {
+        write_element(encoder, el, &mut scratch, alias).map_err(|e| {
             // The encoder's element stack may now be off; a new stream would be needed. Callers
             // only pass trees that came from the parser or were built with valid names.
             WriteError(e)
@@ -102,13 +106,41 @@ impl StreamWriter {
 
     /// Writes `</stream:stream>`.
     pub fn close(&mut self) -> Result<(), WriteError> {
-        self.item(Item::ElementFoot)
+        self.item(Item::ElementFoot)?;
+        self.ended = true;
+        Ok(())
     }
 
-    /// Takes the bytes written so far, buffer and all: between writes the stream holds no buffer
-    /// (an idle connection's memory, docs/BENCHMARKS.md).
+    /// Takes the bytes written so far, buffer and all, and drops the encoder: between writes the
+    /// stream holds neither (an idle connection's memory, docs/BENCHMARKS.md).
     pub fn take(&mut self) -> BytesMut {
+        self.encoder = None;
         std::mem::take(&mut self.buf)
+    }
+
+    /// The encoder, rebuilt if `take` dropped it: in the state the header left it (inside
+    /// `<stream:stream>`, content and `stream` namespaces declared), or fresh before any header.
+    fn encoder(&mut self) -> Result<&mut Encoder<SimpleNamespaces>, WriteError> {
+        if self.ended {
+            return Err(WriteError::new("the stream was already closed"));
+        }
+        let encoder = match self.encoder.take() {
+            Some(encoder) => encoder,
+            None => {
+                let mut encoder = Box::new(Encoder::new());
+                if let Some(content_ns) = &self.content_ns {
+                    declare_stream_namespaces(&mut encoder, content_ns)?;
+                    // The header again, into a buffer that is thrown away: only the encoder's
+                    // state (the open stream element) is wanted.
+                    let mut replay = BytesMut::new();
+                    let err = |e: rxml::Error| WriteError(e.to_string());
+                    encoder.encode(Item::ElementHeadStart(Namespace::from_str(NS_STREAMS), nc("stream")?), &mut replay).map_err(err)?;
+                    encoder.encode(Item::ElementHeadEnd, &mut replay).map_err(err)?;
+                }
+                encoder
+            }
+        };
+        Ok(self.encoder.insert(encoder))
     }
 
     pub fn has_pending(&self) -> bool {
@@ -116,8 +148,20 @@ impl StreamWriter {
     }
 
     fn item(&mut self, item: Item<'_>) -> Result<(), WriteError> {
-        self.encoder.encode(item, &mut self.buf).map_err(|e| WriteError(e.to_string()))
+        let encoder = self.encoder()?;
+        let mut out = BytesMut::new();
+        encoder.encode(item, &mut out).map_err(|e| WriteError(e.to_string()))?;
+        self.buf.extend_from_slice(&out);
+        Ok(())
     }
+}
+
+/// The header's declarations: `content_ns` as the default namespace, `stream` for the streams one.
+fn declare_stream_namespaces(encoder: &mut Encoder<SimpleNamespaces>, content_ns: &str) -> Result<(), WriteError> {
+    let tracker = encoder.ns_tracker_mut();
+    tracker.declare_fixed(None, Namespace::from(content_ns.to_string()));
+    tracker.declare_fixed(Some(nc("stream")?), Namespace::from_str(NS_STREAMS));
+    Ok(())
 }
 
 pub(crate) fn nc(name: &str) -> Result<&NcNameStr, WriteError> {
@@ -208,5 +252,52 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(out[2], StreamEvent::Close));
+    }
+
+    fn header() -> HeaderAttrs<'static> {
+        HeaderAttrs { content_ns: NS_CLIENT, from: Some("localhost"), to: None, id: "abc", version: Some("1.0"), lang: None }
+    }
+
+    fn stanzas() -> Vec<Element> {
+        vec![
+            crate::elem("message", NS_CLIENT).with_attr("to", "a@b").with_child(crate::elem("body", NS_CLIENT).with_text("hi")),
+            crate::elem("iq", NS_CLIENT).with_attr("type", "get").with_child(crate::elem("ping", "urn:xmpp:ping")),
+            crate::elem("r", "urn:xmpp:sm:3"),
+        ]
+    }
+
+    #[test]
+    fn rfc6120_4_7_stanzas_written_after_each_flush_match_one_continuous_stream() {
+        // A writer that hands out its bytes (and drops its encoder) between stanzas must write
+        // exactly what a writer that never flushed writes: no repeated `xmlns`, same stream end.
+        let mut continuous = StreamWriter::new();
+        continuous.open(&header()).expect("header");
+        for el in stanzas() {
+            continuous.element(&el).expect("stanza");
+        }
+        continuous.close().expect("close");
+        let expected = continuous.take();
+
+        let mut flushed = StreamWriter::new();
+        flushed.open(&header()).expect("header");
+        let mut got = flushed.take().to_vec();
+        for el in stanzas() {
+            flushed.element(&el).expect("stanza");
+            got.extend_from_slice(&flushed.take());
+        }
+        flushed.close().expect("close");
+        got.extend_from_slice(&flushed.take());
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
+        assert!(flushed.element(&stanzas()[0]).is_err(), "nothing after </stream:stream>");
+    }
+
+    #[test]
+    fn xep0114_component_alias_survives_a_flush() {
+        let mut w = StreamWriter::new().with_namespace_alias(NS_CLIENT, "jabber:component:accept");
+        w.open(&HeaderAttrs { content_ns: "jabber:component:accept", ..header() }).expect("header");
+        w.take();
+        w.element(&stanzas()[0]).expect("stanza");
+        let text = String::from_utf8_lossy(&w.take()).into_owned();
+        assert!(text.starts_with("<message") && !text.contains("xmlns"), "inherits the header's namespace: {text}");
     }
 }

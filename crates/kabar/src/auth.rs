@@ -356,20 +356,27 @@ impl C2s {
         !self.server.auth_failures_by_account.would_allow(&format!("user:{account}"))
     }
 
-    async fn credentials(&self, jid: Option<&BareJid>, hash: ScramHash) -> Option<kabar_sasl::ScramCredentials> {
-        let jid = jid?;
+    /// `Err` when the store could not answer (e.g. PostgreSQL's pool exhausted in a login storm): that
+    /// is RFC 6120 §6.5.11 `<temporary-auth-failure/>`, never `<not-authorized/>` (the client would
+    /// conclude its password is wrong) and never counted as a failed login.
+    async fn credentials(
+        &self,
+        jid: Option<&BareJid>,
+        hash: ScramHash,
+    ) -> Result<Option<kabar_sasl::ScramCredentials>, SaslError> {
+        let Some(jid) = jid else { return Ok(None) };
         let timer = self.server.metrics.store(kabar_core::metrics::StoreOp::Credentials).start_timer();
         let found = self.server.store.credentials(jid.as_str()).await;
         drop(timer);
         match found {
-            Ok(Some(c)) => Some(match hash {
+            Ok(Some(c)) => Ok(Some(match hash {
                 ScramHash::Sha1 => c.scram_sha1,
                 ScramHash::Sha256 => c.scram_sha256,
-            }),
-            Ok(None) => None,
+            })),
+            Ok(None) => Ok(None),
             Err(e) => {
-                warn!(error = %e, "credential lookup failed");
-                None
+                warn!(error = %e, "credential lookup failed: answering temporary-auth-failure");
+                Err(SaslError::TemporaryAuthFailure)
             }
         }
     }
@@ -389,7 +396,7 @@ impl C2s {
         if self.account_throttled(&key) {
             return Err((SaslError::TemporaryAuthFailure, None));
         }
-        let creds = self.credentials(jid.as_ref(), ScramHash::Sha256).await;
+        let creds = self.credentials(jid.as_ref(), ScramHash::Sha256).await.map_err(|e| (e, None))?;
         let password = msg.password.clone();
         // PBKDF2 is deliberately slow: keep it off the async worker threads.
         let ok = tokio::task::spawn_blocking(move || verify_plain(&password, creds.as_ref(), ScramHash::Sha256))
@@ -427,7 +434,10 @@ impl C2s {
         if self.account_throttled(&key) {
             return Ok(Err((SaslError::TemporaryAuthFailure, None)));
         }
-        let creds = self.credentials(jid.as_ref(), hash).await;
+        let creds = match self.credentials(jid.as_ref(), hash).await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err((e, None))),
+        };
         let server_first = match scram.server_first(creds.as_ref()) {
             Ok(sf) => sf,
             Err(e) => return Ok(Err((e, None))),
@@ -502,7 +512,7 @@ impl C2s {
 
 fn failure_text(e: SaslError) -> Option<&'static str> {
     match e {
-        SaslError::TemporaryAuthFailure => Some("too many failed logins; try again later"),
+        SaslError::TemporaryAuthFailure => Some("authentication is temporarily unavailable (too many failed logins, or the account store is busy); try again later"),
         _ => None,
     }
 }

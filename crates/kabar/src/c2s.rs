@@ -20,7 +20,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::{Sasl2Outcome, NS_SASL2};
-use crate::session::{ResumeRequest, ResumeRegistry, Session, NS_CSI, NS_SM};
+use crate::session::{Live, ResumeRequest, ResumeRegistry, Session, NS_CSI, NS_SM};
 use crate::stream::{random_id, Io, ReadError, Reader, Writer};
 use crate::tls::Tls;
 
@@ -77,7 +77,7 @@ impl C2s {
     pub async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
         let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
         let _open = self.server.metrics.connection(kabar_core::metrics::Transport::Tcp);
-        self.run(Transport::Tcp { tcp, direct_tls }, peer).instrument(span).await;
+        self.connection(Transport::Tcp { tcp, direct_tls }, peer).instrument(span).await;
     }
 
     /// A client on a framed transport (WebSocket, BOSH): `pipe` carries the bridge's bytes; the
@@ -85,10 +85,22 @@ impl C2s {
     pub async fn handle_framed(self: Arc<Self>, pipe: tokio::io::DuplexStream, peer: SocketAddr, cb: ChannelBindings, kind: &'static str) {
         let span = tracing::info_span!("c2s", %peer, transport = kind, jid = tracing::field::Empty);
         let _open = self.server.metrics.connection(kabar_core::metrics::Transport::from_label(kind));
-        self.run(Transport::Framed { pipe, cb }, peer).instrument(span).await;
+        self.connection(Transport::Framed { pipe, cb }, peer).instrument(span).await;
     }
 
-    async fn run(&self, transport: Transport, peer: SocketAddr) {
+    /// A connection's whole life. A task is as large as the largest state of its future, and an
+    /// idle session waits in `Session::run`: everything before it (TLS, SASL, bind, the
+    /// session-started hooks) is one boxed future, freed once the session starts, so the task
+    /// holds only the session loop (docs/BENCHMARKS.md, memory per idle connection).
+    async fn connection(&self, transport: Transport, peer: SocketAddr) {
+        let Some((session, live)) = Box::pin(self.start(transport, peer)).await else { return };
+        // A drain waits for this task: its end reroutes what the client never acknowledged.
+        let _task = self.drain.session_task();
+        session.run(live).await;
+    }
+
+    /// From the first byte to a bound session (`None`: the connection ended before that).
+    async fn start(&self, transport: Transport, peer: SocketAddr) -> Option<(Session, Live)> {
         let config = &self.server.config;
         let limits = Limits { max_stanza_bytes: config.limits.max_stanza_bytes, max_depth: config.limits.max_xml_depth };
         let deadline = Instant::now() + Duration::from_secs(config.limits.unauthenticated_timeout_secs);
@@ -112,7 +124,7 @@ impl C2s {
                 conn.secure = true;
                 conn.cb = cb;
                 conn.writer = Writer::framed();
-                return self.negotiate_and_serve(conn, Io::Pipe(pipe)).await;
+                return self.negotiate_session(conn, Io::Pipe(pipe)).await;
             }
         };
         let _ = tcp.set_nodelay(true);
@@ -122,26 +134,34 @@ impl C2s {
         let direct_tls = direct_tls
             || matches!(timeout_at(deadline, tcp.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16);
         let io = if direct_tls {
-            match Box::pin(timeout_at(deadline, self.tls.acceptor.accept(tcp))).await {
-                Ok(Ok(tls)) => {
-                    conn.secure = true;
-                    conn.cb = self.tls.channel_bindings(tls.get_ref().1);
-                    Io::Tls(Box::new(tls))
-                }
-                Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-                Err(_) => return debug!("TLS handshake timed out"),
-            }
+            Box::pin(self.accept_tls(&mut conn, tcp)).await?
         } else {
             Io::Plain(tcp)
         };
-        self.negotiate_and_serve(conn, io).await;
+        self.negotiate_session(conn, io).await
     }
 
-    async fn negotiate_and_serve(&self, conn: Conn, io: Io) {
-        // Negotiation (TLS, SASL, bind) has the largest futures of a connection's life. Boxed,
-        // they are freed once the session starts, so an idle session's task holds only the
-        // session loop (docs/BENCHMARKS.md, memory per idle connection).
-        let Some((conn, io, bound)) = Box::pin(self.negotiate(conn, io)).await else { return };
+    /// TLS on `tcp` within the negotiation deadline: direct TLS, or after `<proceed/>`.
+    async fn accept_tls(&self, conn: &mut Conn, tcp: TcpStream) -> Option<Io> {
+        match timeout_at(conn.deadline, self.tls.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                conn.secure = true;
+                conn.cb = self.tls.channel_bindings(tls.get_ref().1);
+                Some(Io::Tls(Box::new(tls)))
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    async fn negotiate_session(&self, conn: Conn, io: Io) -> Option<(Session, Live)> {
+        let (conn, io, bound) = self.negotiate(conn, io).await?;
         tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
         info!(secure = conn.secure, "session started");
         self.server.notify(kabar_core::Event::SessionStarted { jid: &bound.jid }).await;
@@ -151,38 +171,21 @@ impl C2s {
         if let Some(resume_id) = sm {
             session.preset_sm(resume_id);
         }
-        // A drain waits for this task: its end reroutes what the client never acknowledged.
-        let _task = self.drain.session_task();
-        session.run(io, reader, writer).await;
+        Some((session, Live::new(io, reader, writer)))
     }
 
     /// Stream rounds until a resource is bound (`None`: the connection ended, or a resumed
     /// session took it over).
     async fn negotiate(&self, mut conn: Conn, mut io: Io) -> Option<(Conn, Io, Bound)> {
-        let deadline = conn.deadline;
         let bound = loop {
             match self.round(&mut conn, &mut io).await {
                 Round::Restart => continue,
                 Round::StartTls => {
                     let Io::Plain(tcp) = io else { return None };
-                    match timeout_at(deadline, self.tls.acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            conn.secure = true;
-                            conn.cb = self.tls.channel_bindings(tls.get_ref().1);
-                            io = Io::Tls(Box::new(tls));
-                            conn.reader.reset();
-                            conn.writer.reset();
-                            conn.stream_id = random_id(16);
-                        }
-                        Ok(Err(e)) => {
-                            debug!(error = %e, "TLS handshake after STARTTLS failed");
-                            return None;
-                        }
-                        Err(_) => {
-                            debug!("TLS handshake timed out");
-                            return None;
-                        }
-                    }
+                    io = self.accept_tls(&mut conn, tcp).await?;
+                    conn.reader.reset();
+                    conn.writer.reset();
+                    conn.stream_id = random_id(16);
                 }
                 Round::Bound(b) => break b,
                 Round::Resume { previd, h } => {

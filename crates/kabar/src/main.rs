@@ -14,6 +14,7 @@ mod session;
 mod storage;
 mod stream;
 mod tls;
+mod webhooks;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;

@@ -104,7 +104,8 @@ struct Sm {
     ack_requested: bool,
 }
 
-struct Live {
+/// The connection a session is attached to.
+pub(crate) struct Live {
     rd: ReadHalf<Io>,
     wr: WriteHalf<Io>,
     reader: Reader,
@@ -112,7 +113,7 @@ struct Live {
 }
 
 impl Live {
-    fn new(io: Io, reader: Reader, writer: Writer) -> Live {
+    pub(crate) fn new(io: Io, reader: Reader, writer: Writer) -> Live {
         let (rd, wr) = tokio::io::split(io);
         Live { rd, wr, reader, writer }
     }
@@ -177,25 +178,29 @@ impl Session {
         self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), ack_requested: false });
     }
 
-    pub async fn run(mut self, io: Io, reader: Reader, writer: Writer) {
+    pub(crate) async fn run(mut self, live: Live) {
         // A task is as large as its largest state, and an idle session waits in `connected`:
         // the rarer states (hibernation, resumption, the end) are boxed so they cost memory only
-        // while they run (docs/BENCHMARKS.md, memory per idle connection).
-        let mut live = Some(Live::new(io, reader, writer));
+        // while they run, and the connection stays in one place rather than being moved into
+        // each state (docs/BENCHMARKS.md, memory per idle connection).
+        let mut live = Some(live);
         loop {
-            let next = match live.take() {
-                Some(mut l) => match self.connected(&mut l).await {
-                    Step::End => break,
-                    Step::Lost if self.resumable() => None,
-                    Step::Lost => break,
-                    Step::Resumed(req) => Box::pin(self.resume(*req)).await,
-                },
+            let step = match live.as_mut() {
+                Some(l) => Some(self.connected(l).await),
+                None => None,
+            };
+            // The old connection (if any) is closed before waiting or taking the new one.
+            drop(live.take());
+            live = match step {
+                Some(Step::End) => break,
+                Some(Step::Lost) if self.resumable() => continue,
+                Some(Step::Lost) => break,
+                Some(Step::Resumed(req)) => Box::pin(self.resume(*req)).await,
                 None => match Box::pin(self.hibernate()).await {
                     Some(req) => Box::pin(self.resume(req)).await,
                     None => break,
                 },
             };
-            live = next;
         }
         Box::pin(self.end()).await;
     }
@@ -379,8 +384,9 @@ impl Session {
     async fn from_client(&mut self, l: &mut Live, el: Element) -> Option<Step> {
         if Kind::of(&el).is_some() {
             if let Err(wait) = self.bucket.take() {
-                // Shape instead of punishing: stop reading for a moment.
-                tokio::time::sleep(wait).await;
+                // Shape instead of punishing: stop reading for a moment (boxed: a timer inline
+                // would sit in every idle session's task).
+                Box::pin(tokio::time::sleep(wait)).await;
             }
             // Boxed: routing's future is large and only lives while a stanza is handled; inline
             // it would sit in every idle session's task.

@@ -81,6 +81,8 @@ pub struct Reader {
     /// Boxed: a reader moves between tasks' states (negotiation, session, resumption) and each
     /// move would otherwise carry the parser's state inline.
     framer: Box<StreamFramer>,
+    /// Events framed from one read and not handed out yet; its buffer is dropped once they are
+    /// all out, so a waiting connection holds none.
     events: VecDeque<StreamEvent>,
     /// Any byte arrived since the last call to `take_activity` (feeds the idle-ping timer).
     activity: bool,
@@ -95,7 +97,7 @@ impl Reader {
     /// the only suspension point is a read that took nothing.
     pub async fn next<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<StreamEvent, ReadError> {
         loop {
-            if let Some(ev) = self.events.pop_front() {
+            if let Some(ev) = self.pop() {
                 return Ok(ev);
             }
             let mut out = Vec::new();
@@ -118,15 +120,25 @@ impl Reader {
                 return Err(ReadError::Eof);
             }
             self.activity = true;
-            self.events.extend(out);
+            // The events are always all handed out before the next read, so the queue is empty
+            // here and can take over the read's vector.
+            self.events = VecDeque::from(out);
             if let Err(e) = result {
                 // Hand out what was complete before the bad bytes, then the error.
-                if let Some(ev) = self.events.pop_front() {
+                if let Some(ev) = self.pop() {
                     return Ok(ev);
                 }
                 return Err(e.into());
             }
         }
+    }
+
+    fn pop(&mut self) -> Option<StreamEvent> {
+        let ev = self.events.pop_front()?;
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        Some(ev)
     }
 
     /// Whether the framer failed earlier (events drained; the error is next).

@@ -1,8 +1,9 @@
-//! `kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only]`: run the
+//! `kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only] [--no-tail]`: run the
 //! detector evaluation on synthetic labelled series and print the report. `--seeds N` aggregates
 //! seeds F..F+N (F = 1 unless given: a held-out set is e.g. `--seeds 12 --first-seed 101`);
 //! `--misses` lists the 5× outages not detected within 5 minutes; `--windows-only` turns the
-//! CUSUM and the onset gate off (the detector before them).
+//! CUSUM, the onset gate and the tail test off (the detector before them); `--no-tail` only the
+//! exact short-window tail test.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,12 @@ fn main() -> ExitCode {
         if arg == "--windows-only" {
             cfg.monitor.detector.cusum = None;
             cfg.monitor.detector.onset = None;
+            cfg.monitor.detector.tail = None;
+            continue;
+        }
+        // The detector before the exact tail test (CUSUM and onset gate kept), for before/after.
+        if arg == "--no-tail" {
+            cfg.monitor.detector.tail = None;
             continue;
         }
         let value = args.next().and_then(|v| v.parse::<u64>().ok());
@@ -62,5 +69,5 @@ fn main() -> ExitCode {
 }
 
 fn usage() {
-    eprintln!("usage: kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only]   (W > 3 warm-up weeks)");
+    eprintln!("usage: kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only] [--no-tail]   (W > 3 warm-up weeks)");
 }

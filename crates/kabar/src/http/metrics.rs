@@ -85,6 +85,13 @@ pub fn render(server: &Server) -> String {
     registration_metrics(&mut out, server);
     head(&mut out, "kabar_admin_auth_failures_total", "counter", "Admin API requests refused for a missing or wrong token.");
     let _ = writeln!(out, "kabar_admin_auth_failures_total {}", m.admin_auth_failures.get());
+    // Outage-monitor webhooks (docs/MONITOR.md "Webhooks").
+    head(&mut out, "kabar_monitor_webhook_pending", "gauge", "Webhook deliveries waiting or being attempted (kept in the store).");
+    let _ = writeln!(out, "kabar_monitor_webhook_pending {}", crate::webhooks::pending());
+    head(&mut out, "kabar_monitor_webhook_dropped_total", "counter", "Webhook deliveries dropped unsent because a queue was full.");
+    let _ = writeln!(out, "kabar_monitor_webhook_dropped_total {}", crate::webhooks::dropped_total());
+    head(&mut out, "kabar_monitor_webhook_given_up_total", "counter", "Webhook deliveries given up after all retries.");
+    let _ = writeln!(out, "kabar_monitor_webhook_given_up_total {}", crate::webhooks::given_up_total());
 
     // Admission control (docs/OVERLOAD.md): its signals next to their limits (0 = no limit).
     let a = &server.admission;

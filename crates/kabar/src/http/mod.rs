@@ -4,7 +4,8 @@
 //! clients: a bridge turns their messages into a byte pipe ([`crate::stream::Io::Pipe`]) and back.
 //!
 //! By default the listener runs on its own small runtime whose threads have a lower OS priority
-//! (`[http] listener_threads`, `listener_nice`; docs/OVERLOAD.md "HTTPS listener isolation"): a
+//! (`[http] listener_threads`, `listener_nice`, `listener_sched`; docs/OVERLOAD.md "HTTPS listener
+//! isolation"): a
 //! flood of HTTP requests such as status-page reports then neither queues ahead of XMPP sessions
 //! on the main runtime's workers nor keeps the kernel from running them. The XMPP sessions behind
 //! WebSocket and BOSH are spawned back onto the main runtime ([`HttpState::spawn_session`]).
@@ -30,6 +31,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use kabar_core::config::ListenerSched;
 use kabar_sasl::ChannelBindings;
 use kabar_xml::{elem, element_to_bytes, ElementExt};
 use tokio::net::TcpListener;
@@ -67,7 +69,7 @@ impl Drop for ListenerRuntime {
     }
 }
 
-fn listener_runtime(threads: usize, nice: i32) -> Option<Arc<ListenerRuntime>> {
+fn listener_runtime(threads: usize, nice: i32, sched: ListenerSched) -> Option<Arc<ListenerRuntime>> {
     if threads == 0 {
         return None;
     }
@@ -76,7 +78,10 @@ fn listener_runtime(threads: usize, nice: i32) -> Option<Arc<ListenerRuntime>> {
         .thread_name("kabar-https")
         // Also runs for the blocking pool, so blocking work started by HTTP handlers (uploads to
         // disk) stays at the listener's priority.
-        .on_thread_start(move || lower_thread_priority(nice))
+        .on_thread_start(move || match sched {
+            ListenerSched::Nice => lower_thread_priority(nice),
+            ListenerSched::Idle => idle_thread_policy(),
+        })
         .enable_all()
         .build();
     match built {
@@ -112,6 +117,30 @@ fn lower_thread_priority(nice: i32) {
     }
 }
 
+/// Puts the calling thread under SCHED_IDLE: a woken normal thread (an XMPP session worker)
+/// preempts it at once instead of waiting for the end of its slice, which a nice value alone
+/// does not give under EEVDF. Unprivileged: lowering one's own policy needs no capability.
+#[cfg(target_os = "linux")]
+fn idle_thread_policy() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // The crate also resets the nice value, which fails without CAP_SYS_NICE under a niced
+    // process although the policy did change; the policy is what counts.
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        if thread_schedule_policy().ok() != Some(idle) {
+            warn!(error = ?e, "cannot put the HTTPS listener threads under SCHED_IDLE");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn idle_thread_policy() {
+    warn!("[http] listener_sched = \"idle\" is only applied on Linux");
+}
+
 /// Per-connection facts handlers need.
 #[derive(Clone)]
 pub struct ConnInfo {
@@ -128,7 +157,7 @@ impl HttpState {
         });
         let bosh = Arc::new(bosh::BoshSessions::new(c2s.clone()));
         tokio::spawn(bosh.clone().reap(Duration::from_secs(config.http.bosh_inactivity_secs.max(5))));
-        let listener = listener_runtime(config.http.listener_threads, config.http.listener_nice);
+        let listener = listener_runtime(config.http.listener_threads, config.http.listener_nice, config.http.listener_sched);
         HttpState {
             c2s,
             bosh,
