@@ -311,7 +311,7 @@ async fn archive_batched_appends_index_every_body_once() {
         direction: Direction::In,
         timestamp: i64::try_from(t * 1000 + n).expect("small"),
         // Every fifth message has no searchable text (a retraction's fallback, a bare receipt).
-        body: (n % 5 != 0).then(|| format!("batched common word{t}")),
+        body: (!n.is_multiple_of(5)).then(|| format!("batched common word{t}")),
         stanza: format!("<message n='{n}'/>").into_bytes(),
         ..ArchiveItem::default()
     };
