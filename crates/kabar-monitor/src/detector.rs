@@ -674,16 +674,15 @@ impl Detector {
         let gated_up_to = if onset_ok { 0 } else { onset.map_or(0, |(rule, _)| rule.short_minutes) };
         let by_cusum = self.cusum_level(signals, onset_ok);
         let tail = self.tail.take();
-        let by_tail = match tail {
-            // Its windows are all short: an onset the gate refuses is at most "possible"; so is
-            // evidence from one burst minute, however improbable.
-            Some(t) if t.level == State::ProblemsDetected && (!onset_ok || !t.persistent) => State::PossibleProblems,
-            Some(t) => t.level,
+        let by_tail = match tail.map(|t| t.level) {
+            // Its windows are all short: an onset the gate refuses is at most "possible".
+            Some(State::ProblemsDetected) if !onset_ok => State::PossibleProblems,
+            Some(level) => level,
             None => State::Ok,
         };
-        // A tail-test "detected" is evidence spread over several minutes already (the test reads
-        // all of its window), so it needs no further streak.
-        let tail_persistent = by_tail == State::ProblemsDetected && !reports_capped;
+        // A tail-test "detected" over several minutes that are not one burst is persistent
+        // evidence already (the test reads all of its window), so it needs no further streak.
+        let tail_persistent = by_tail == State::ProblemsDetected && tail.is_some_and(|t| t.persistent) && !reports_capped;
         // Only when the test ran this minute: a detector fed windows alone judges as before.
         let superseded = match (&self.cfg.tail, tail) {
             (Some(rule), Some(_)) => &rule.windows[..],
