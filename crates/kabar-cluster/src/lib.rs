@@ -493,7 +493,7 @@ impl SessionDirectory for ClusterDirectory {
             Outbound::Stanza(stanza) => Out::Deliver {
                 node,
                 to: jid.clone(),
-                stanza,
+                stanza: *stanza,
             },
             Outbound::Close { condition, .. } => Out::Close {
                 node,
@@ -683,7 +683,7 @@ async fn inbox_loop(dir: Arc<ClusterDirectory>, client: Client, mut sub: async_n
                     warn!(to = %to, "cluster: unparsable stanza from another node dropped");
                     Some("ok")
                 }
-                Some(stanza) => match dir.local.send(&to, Outbound::Stanza(stanza)) {
+                Some(stanza) => match dir.local.send(&to, Outbound::stanza(stanza)) {
                     Ok(()) => Some("ok"),
                     Err(SendError::NoSession) => Some("gone"),
                     Err(SendError::QueueFull) => {

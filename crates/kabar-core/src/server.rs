@@ -343,7 +343,7 @@ impl Server {
         };
         match tx {
             Some(tx) => {
-                if tx.try_send(Outbound::Stanza(stanza)).is_err() {
+                if tx.try_send(Outbound::stanza(stanza)).is_err() {
                     warn!(component = %to.domain(), "component queue full or gone; stanza dropped");
                 }
             }
@@ -424,7 +424,7 @@ impl Server {
 
     /// Hands a stanza to one local session.
     pub async fn deliver(&self, full: &FullJid, stanza: Element) {
-        self.deliver_item(full, Outbound::Stanza(stanza));
+        self.deliver_item(full, Outbound::stanza(stanza));
     }
 
     /// Hands one recipient's share of a stanza encoded once for many to its local session.

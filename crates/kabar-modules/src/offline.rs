@@ -165,7 +165,7 @@ async fn flush(server: &Server, jid: &FullJid) {
             done.push(id);
             continue;
         };
-        match server.sessions.send(jid, Outbound::Stanza(message)) {
+        match server.sessions.send(jid, Outbound::stanza(message)) {
             Ok(()) => done.push(id),
             Err(SendError::NoSession) => break,
             Err(SendError::QueueFull) => {

@@ -52,7 +52,14 @@ pub struct TailRule {
 
 impl Default for TailRule {
     fn default() -> Self {
-        TailRule { windows: vec![1, 2, 3, 5], detected_per_week: 1.0, possible_per_week: 5.0, min_count: 6, min_ratio: 2.5, persistent_minutes: 2 }
+        TailRule {
+            windows: vec![1, 2, 3, 5],
+            detected_per_week: 1.0,
+            possible_per_week: 5.0,
+            min_count: 6,
+            min_ratio: 2.5,
+            persistent_minutes: 2,
+        }
     }
 }
 
@@ -76,7 +83,10 @@ impl TailRule {
         let (a_detected, a_possible) = (self.alpha(self.detected_per_week), self.alpha(self.possible_per_week));
         let mut best = TailSignal { level: State::Ok, p: 1.0, minutes: 0, persistent: false };
         for sum in sums.iter().filter(|s| self.windows.contains(&s.minutes)) {
-            if sum.observed < self.min_count || sum.expected <= 0.0 || (sum.observed as f64) < self.min_ratio * sum.expected {
+            if sum.observed < self.min_count
+                || sum.expected <= 0.0
+                || (sum.observed as f64) < self.min_ratio * sum.expected
+            {
                 continue;
             }
             let s = (spread.max(0.0).powi(2) + phi.max(0.0) / f64::from(sum.minutes.max(1))).sqrt();

@@ -66,7 +66,7 @@ impl ResumeRegistry {
 /// its occupants (kept shared in the XEP-0198 queue too, so a large room costs each session a
 /// reference, not a copy).
 enum Queued {
-    Own(Element),
+    Own(Box<Element>),
     Shared(SharedStanza),
 }
 
@@ -88,7 +88,7 @@ impl Queued {
 
     fn into_element(self) -> Element {
         match self {
-            Queued::Own(el) => el,
+            Queued::Own(el) => *el,
             Queued::Shared(s) => s.to_element(),
         }
     }
@@ -229,7 +229,7 @@ impl Session {
         }
         if !self.held_presence.is_empty() {
             for p in std::mem::take(&mut self.held_presence) {
-                self.write_counted(l, Queued::Own(p));
+                self.write_counted(l, Queued::Own(Box::new(p)));
             }
         }
         self.write_counted(l, q);
@@ -410,7 +410,7 @@ impl Session {
                     self.inactive = false;
                     self.server.sessions.update(&self.jid, &mut |s| s.inactive = false);
                     for p in std::mem::take(&mut self.held_presence) {
-                        self.write_counted(l, Queued::Own(p));
+                        self.write_counted(l, Queued::Own(Box::new(p)));
                     }
                     self.maybe_request_ack(l);
                 }
@@ -559,7 +559,7 @@ impl Session {
         undelivered.extend(self.pending.drain(..).map(Queued::into_element));
         while let Ok(item) = self.rx.try_recv() {
             if let Outbound::Stanza(el) = item.unshare() {
-                undelivered.push(el);
+                undelivered.push(*el);
             }
         }
         let mut rerouted = 0usize;
@@ -642,7 +642,7 @@ mod tests {
             id: None,
             inbound: 0,
             outbound,
-            unacked: (0..unacked).map(|i| Queued::Own(elem("message", ns::CLIENT).with_attr("id", i.to_string()))).collect(),
+            unacked: (0..unacked).map(|i| Queued::Own(Box::new(elem("message", ns::CLIENT).with_attr("id", i.to_string())))).collect(),
             ack_requested: false,
         }
     }

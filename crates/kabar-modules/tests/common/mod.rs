@@ -127,7 +127,7 @@ pub fn recv_all(rx: &mut Rx) -> Vec<Element> {
     recv_outbound(rx)
         .into_iter()
         .filter_map(|o| match o {
-            Outbound::Stanza(s) => Some(s),
+            Outbound::Stanza(s) => Some(*s),
             Outbound::Shared(s) => Some(s.to_element()),
             Outbound::Close { .. } => None,
         })

@@ -136,7 +136,7 @@ impl Client {
         self.drain()
             .into_iter()
             .filter_map(|o| match o {
-                Outbound::Stanza(s) => Some(s),
+                Outbound::Stanza(s) => Some(*s),
                 Outbound::Shared(s) => Some(s.to_element()),
                 Outbound::Close { .. } => None,
             })
