@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::c2s::{C2s, Conn, Round};
 use crate::http::admin::ApiError;
-use crate::http::HttpState;
+use crate::http::{HttpState, Obj};
 
 /// A session asked to leave that is still there after this is asked again (its queue was full,
 /// or it bound while the first request was on its way).
@@ -270,9 +270,9 @@ pub async fn api_status(State(state): State<HttpState>) -> Json<Value> {
 /// `POST /drain`: starts draining (idempotent: a node already draining keeps its first timings).
 pub async fn api_start(
     State(state): State<HttpState>,
-    body: std::result::Result<Json<DrainRequest>, JsonRejection>,
+    body: std::result::Result<Json<Obj<DrainRequest>>, JsonRejection>,
 ) -> std::result::Result<Response, ApiError> {
-    let Json(req) = body?;
+    let Json(Obj(req)) = body?;
     for (name, v) in [("timeout_secs", req.timeout_secs), ("linger_secs", req.linger_secs)] {
         if v.is_some_and(|v| v > MAX_SECS) {
             return Err(ApiError::bad_request("invalid_body", format!("{name} must be at most {MAX_SECS}")));

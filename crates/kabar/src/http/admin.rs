@@ -39,6 +39,7 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::{ConnInfo, HttpState};
+use crate::http::Obj;
 use crate::stream::random_id;
 
 /// Where the API is mounted.
@@ -339,8 +340,8 @@ fn check_password(server: &Server, password: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn create_user(State(state): State<HttpState>, body: std::result::Result<Json<NewUser>, JsonRejection>) -> ApiResult<Response> {
-    let Json(new) = body?;
+async fn create_user(State(state): State<HttpState>, body: std::result::Result<Json<Obj<NewUser>>, JsonRejection>) -> ApiResult<Response> {
+    let Json(Obj(new)) = body?;
     let server = server(&state);
     let jid = accounts::parse_account(new.jid.trim(), &server.domain)?;
     check_password(server, &new.password)?;
@@ -370,10 +371,10 @@ async fn delete_user(State(state): State<HttpState>, path: std::result::Result<P
 async fn set_password(
     State(state): State<HttpState>,
     path: std::result::Result<Path<String>, PathRejection>,
-    body: std::result::Result<Json<NewPassword>, JsonRejection>,
+    body: std::result::Result<Json<Obj<NewPassword>>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     let Path(raw) = path?;
-    let Json(new) = body?;
+    let Json(Obj(new)) = body?;
     let server = server(&state);
     let jid = accounts::parse_account(raw.trim(), &server.domain)?;
     check_password(server, &new.password)?;
@@ -459,8 +460,8 @@ async fn get_registration(State(state): State<HttpState>) -> Json<serde_json::Va
     Json(json!({ "enabled": server(&state).registration_enabled.load(Ordering::Relaxed) }))
 }
 
-async fn put_registration(State(state): State<HttpState>, body: std::result::Result<Json<Registration>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
-    let Json(r) = body?;
+async fn put_registration(State(state): State<HttpState>, body: std::result::Result<Json<Obj<Registration>>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
+    let Json(Obj(r)) = body?;
     let server = server(&state);
     let before = server.registration.mode();
     let mode = kabar_modules::register::set_public(server, r.enabled);
@@ -501,10 +502,10 @@ async fn get_registration_mode(State(state): State<HttpState>) -> Json<serde_jso
 
 async fn put_registration_mode(
     State(state): State<HttpState>,
-    body: std::result::Result<Json<RegistrationModeChange>, JsonRejection>,
+    body: std::result::Result<Json<Obj<RegistrationModeChange>>, JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     use kabar_core::registration::{RegistrationMode, MAX_POW_DIFFICULTY};
-    let Json(change) = body?;
+    let Json(Obj(change)) = body?;
     let server = server(&state);
     let mode = match change.mode.as_deref() {
         None => None,
@@ -545,8 +546,8 @@ fn is_xml_text(s: &str) -> bool {
     s.chars().all(|c| matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}'))
 }
 
-async fn announce(State(state): State<HttpState>, body: std::result::Result<Json<Announcement>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
-    let Json(a) = body?;
+async fn announce(State(state): State<HttpState>, body: std::result::Result<Json<Obj<Announcement>>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
+    let Json(Obj(a)) = body?;
     if a.body.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_body", "the announcement body is empty"));
     }
@@ -737,8 +738,8 @@ impl From<kabar_modules::invite::InviteError> for ApiError {
     }
 }
 
-async fn create_invite(State(state): State<HttpState>, body: std::result::Result<Json<NewInvite>, JsonRejection>) -> ApiResult<Response> {
-    let Json(new) = body?;
+async fn create_invite(State(state): State<HttpState>, body: std::result::Result<Json<Obj<NewInvite>>, JsonRejection>) -> ApiResult<Response> {
+    let Json(Obj(new)) = body?;
     let server = server(&state);
     let inviter = match new.inviter.as_deref().map(str::trim) {
         None | Some("") => None,

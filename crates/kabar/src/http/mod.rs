@@ -11,8 +11,10 @@
 //! WebSocket and BOSH are spawned back onto the main runtime ([`HttpState::spawn_session`]).
 
 pub mod admin;
+pub(crate) use json_object::Obj;
 mod bosh;
 pub mod invite;
+mod json_object;
 mod metrics;
 pub mod status;
 pub mod upload;

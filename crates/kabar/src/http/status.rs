@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{ConnInfo, HttpState};
+use super::{ConnInfo, HttpState, Obj};
 
 mod subscribe;
 
@@ -154,7 +154,7 @@ async fn report(
     }
     // Shape first: an invalid body is reported as invalid whatever its size (axum caps bodies at
     // 2 MB before this); a well-formed but oversized one is refused as too large.
-    let r: ReportBody = match serde_json::from_slice(&body) {
+    let r: ReportBody = match serde_json::from_slice(&body).map(|Obj(r)| r) {
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
     };
@@ -505,10 +505,10 @@ pub struct AnnotationBody {
 pub async fn annotate_incident(
     State(state): State<HttpState>,
     Path(id): Path<String>,
-    body: Result<Json<AnnotationBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Obj<AnnotationBody>>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(hub) = hub(&state) else { return disabled() };
-    let Json(body) = match body {
+    let Json(Obj(body)) = match body {
         Ok(b) => b,
         Err(r) => {
             let status = if r.status().is_client_error() { r.status() } else { StatusCode::BAD_REQUEST };

@@ -20,6 +20,8 @@ use kabar_modules::status::{ConfirmError, ConfirmFailure, RequestError, StatusHu
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::http::Obj;
+
 use super::super::{html_escape, ConnInfo, HttpState};
 use super::{client_ip, disabled, hub, is_json, json_error};
 
@@ -52,7 +54,7 @@ async fn request(
     if body.len() > MAX_BODY {
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("at most {MAX_BODY} bytes"));
     }
-    let r: SubscriptionBody = match serde_json::from_slice(&body) {
+    let r: SubscriptionBody = match serde_json::from_slice(&body).map(|Obj(r)| r) {
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
     };
