@@ -302,7 +302,8 @@ def test_cluster_frozen_node_unconfirmed_messages_go_offline_and_it_recovers(ser
 def test_cluster_survives_a_nats_outage_without_restarts(server, pg_storage, private_nats):
     """nats-server stops for a few seconds: each node keeps serving its own users, a message to a user
     on the other node waits in offline storage, and once NATS is back (kabar reconnects by itself)
-    cross-node chat works again and the stored message reaches its user."""
+    cross-node chat works again and the stored messages reach their user, who stayed connected, each
+    exactly once, with a XEP-0203 delay (XEP-0160; docs/CLUSTER.md "Failure behaviour")."""
     n1, n2 = start_cluster(server, pg_storage, private_nats.url, ["n1", "n2"])
     alice = n1.client("alice/desk")
     carol = n1.client("carol/desk")
@@ -318,7 +319,9 @@ def test_cluster_survives_a_nats_outage_without_restarts(server, pg_storage, pri
     alice.message(carol.jid, "masih jalan")
     carol.expect_message(frm=alice.jid, body="masih jalan")
     # Cross-node: no loss, it is stored for bob.
-    alice.message("bob@localhost", "selama gangguan")
+    during = [f"selama gangguan {i}" for i in range(5)]
+    for body in during:
+        alice.message("bob@localhost", body)
     alice.sync()
     # Longer than the lease: each node forgets the other's sessions and learns them again after.
     wait_log(n1, ["cluster node missed its lease.* node=n2 "], timeout=LEASE + 6, since=n1_offset)
@@ -327,6 +330,11 @@ def test_cluster_survives_a_nats_outage_without_restarts(server, pg_storage, pri
     private_nats.start()
     wait_log(n1, ['cluster node joined node="n2"'], timeout=20, since=n1_offset)
     wait_log(n2, ['cluster node joined node="n1"'], timeout=20, since=n2_offset)
+    # XEP-0160 / RFC 6121 §8.5.2.1: bob stayed online on n2 all along; once the cluster heals his
+    # node hands him what was stored for him meanwhile, as at initial presence (with XEP-0203 delay).
+    for body in during:
+        msg = bob.expect_message(frm=alice.jid, body=body, timeout=30)
+        assert msg.find("delay:delay") is not None, f"stored message comes with <delay/>: {msg}"
     # Cross-node delivery again, with no kabar restart.
     deadline = time.monotonic() + 15
     n = 0
@@ -343,9 +351,14 @@ def test_cluster_survives_a_nats_outage_without_restarts(server, pg_storage, pri
     alice.expect_message(frm=bob.jid, body="balasan setelah pulih")
     assert n1.died() is None and n2.died() is None
 
+    # Each exactly once: no second hand-over (both nodes heal), and nothing left in the offline store.
+    got = [m.body for m in bob.received if m.name == "message" and m.body in during]
+    assert sorted(got) == sorted(during), f"outage messages delivered more than once: {got}"
     bob.disconnect()
     bob = n2.client("bob/phone", name="bob-again")
-    bob.expect_message(frm=alice.jid, body="selama gangguan", timeout=10)
+    bob.sync()
+    left = [m.body for m in bob.drain() if m.name == "message" and m.body in during]
+    assert not left, f"delivered live yet still in the offline store: {left}"
 
 
 def test_cluster_refuses_to_start_without_shared_storage(server, tmp_path):

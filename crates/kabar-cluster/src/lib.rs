@@ -270,6 +270,7 @@ impl ClusterDirectory {
                             stats::Counters::bump(&dir.counters.nats_connects);
                             dir.hello();
                             dir.homes_connected();
+                            dir.rejoined();
                         }
                         async_nats::Event::Disconnected => {
                             warn!(node = %dir.node, "cluster: lost NATS; cross-node delivery falls back to offline storage until it is back");
@@ -378,6 +379,18 @@ impl ClusterDirectory {
                     })
                     .await;
             }
+        });
+    }
+
+    /// This node and a peer can reach each other again (our reconnection, or its hello): stanzas one
+    /// side routed to storage while they were apart, for users who stayed online on the other side,
+    /// are handed over by the modules holding them (docs/CLUSTER.md "Failure behaviour").
+    pub(crate) fn rejoined(&self) {
+        let Some(server) = self.server.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        tokio::spawn(async move {
+            server.notify(kabar_core::Event::ClusterRejoined).await;
         });
     }
 

@@ -244,6 +244,9 @@ impl ClusterDirectory {
             return;
         }
         let (node, inc) = (node.to_string(), inc.to_string());
+        // A peer back from its own NATS outage (or just started) may have stored messages for our
+        // users while it could not see them.
+        let peer_rejoined = matches!(msg, StateMsg::Hello { .. });
         let (want, reply) = self.apply_state(&node, &inc, msg);
         if want {
             self.emit_to(
@@ -257,6 +260,9 @@ impl ClusterDirectory {
         }
         if reply {
             self.queue_snapshot(&node);
+        }
+        if peer_rejoined {
+            self.rejoined();
         }
         let stale = std::mem::take(&mut self.remote_write().stale);
         self.closed_elsewhere(stale);

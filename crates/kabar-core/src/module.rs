@@ -63,6 +63,10 @@ pub enum Event<'a> {
     /// A local account was deleted; drop whatever the module keeps about it. `roster` is the
     /// roster it had, so contacts can be told (its stored data is already gone).
     AccountDeleted { jid: &'a BareJid, roster: &'a [kabar_storage::RosterItem] },
+    /// Cluster only: this node (re)connected to its peers, or a peer said it (re)joined. While they
+    /// were apart, stanzas for sessions on the other side went to storage (the offline store) even
+    /// though their users stayed online; modules holding such stanzas hand them over now.
+    ClusterRejoined,
 }
 
 #[derive(Debug)]
@@ -112,8 +116,9 @@ impl Hooks {
     pub const OUTBOUND_MESSAGE: Hooks = Hooks(1 << 15);
     /// [`Module::inbound_message`].
     pub const INBOUND_MESSAGE: Hooks = Hooks(1 << 16);
+    pub const ON_CLUSTER_REJOINED: Hooks = Hooks(1 << 17);
     /// Number of single-hook bits above (the server keeps one module list per bit).
-    pub(crate) const COUNT: usize = 17;
+    pub(crate) const COUNT: usize = 18;
 
     pub const fn union(self, other: Hooks) -> Hooks {
         Hooks(self.0 | other.0)
@@ -139,6 +144,7 @@ impl Hooks {
             Event::MessageUndelivered { .. } => Hooks::ON_MESSAGE_UNDELIVERED,
             Event::MessageDelivered { .. } => Hooks::ON_MESSAGE_DELIVERED,
             Event::AccountDeleted { .. } => Hooks::ON_ACCOUNT_DELETED,
+            Event::ClusterRejoined => Hooks::ON_CLUSTER_REJOINED,
             Event::Filter { stanza, inbound: true, .. } => match stanza.name() {
                 "message" => Hooks::ON_FILTER_IN_MESSAGE,
                 "presence" => Hooks::ON_FILTER_IN_PRESENCE,

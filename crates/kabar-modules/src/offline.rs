@@ -9,6 +9,10 @@
 //!   message to the core (which bounces it), `<store/>` stores even a content-less one.
 //! * [`Event::InitialPresence`]: when a resource with non-negative priority becomes available, every
 //!   held message goes to it, oldest first, and is forgotten only once handed to the session.
+//! * [`Event::ClusterRejoined`]: while a cluster node was cut off from the others, messages for users
+//!   online on the other side were stored here; each node now hands them to its own available
+//!   sessions exactly as at initial presence (one resource per account takes them, as when two
+//!   resources of one account come online together).
 //!
 //! Storage: the backend's [`OfflineStore`](kabar_storage::OfflineStore), one serialised stanza per
 //! message (the `jabber:client` tree as [`element_to_bytes`] writes it).
@@ -28,11 +32,15 @@ use crate::rostermanager::parse_stanza;
 const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 const NS_HINTS: &str = "urn:xmpp:hints";
 
-pub struct OfflineModule;
+pub struct OfflineModule {
+    /// One hand-over after a cluster heal at a time: our own reconnection and the peers' hellos come
+    /// together, and two passes reading the store at once would both deliver what they read.
+    rejoin: tokio::sync::Mutex<()>,
+}
 
 impl OfflineModule {
     pub fn new() -> Self {
-        OfflineModule
+        OfflineModule { rejoin: tokio::sync::Mutex::new(()) }
     }
 }
 
@@ -50,7 +58,7 @@ impl Module for OfflineModule {
 
     fn hooks(&self) -> kabar_core::Hooks {
         use kabar_core::Hooks as H;
-        H::ON_MESSAGE_UNDELIVERED | H::ON_INITIAL_PRESENCE
+        H::ON_MESSAGE_UNDELIVERED | H::ON_INITIAL_PRESENCE | H::ON_CLUSTER_REJOINED
     }
 
     /// XEP-0160's service discovery feature.
@@ -63,6 +71,11 @@ impl Module for OfflineModule {
             Event::MessageUndelivered { to, stanza } => store(server, to, stanza).await,
             Event::InitialPresence { jid } => {
                 flush(server, jid).await;
+                Flow::Continue
+            }
+            Event::ClusterRejoined => {
+                let _one_at_a_time = self.rejoin.lock().await;
+                flush_available(server).await;
                 Flow::Continue
             }
             _ => Flow::Continue,
@@ -132,6 +145,16 @@ async fn store(server: &Server, to: &BareJid, stanza: &Element) -> Flow {
         Err(e) => {
             warn!(to = %to, error = %e, "offline storage failed");
             Flow::Reject(StanzaError::internal_server_error())
+        }
+    }
+}
+
+/// Every local session that sent initial presence gets what is held for its account. Sessions one
+/// after another, so the first resource of an account takes everything and the next finds nothing.
+async fn flush_available(server: &Server) {
+    for jid in server.sessions.all() {
+        if server.sessions.get(&jid).is_some_and(|s| s.available) {
+            flush(server, &jid).await;
         }
     }
 }

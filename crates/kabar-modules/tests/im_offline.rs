@@ -110,3 +110,32 @@ async fn xep0160_only_normal_and_chat_messages_with_content_are_stored() {
     assert!(recv_all(&mut b).is_empty());
     assert_eq!(held(&h, "alice@localhost").await, 1);
 }
+
+/// docs/CLUSTER.md "Failure behaviour": while cut off from the other nodes, a node stores messages for
+/// users online over there; when the cluster heals, each node hands what is held to its own available
+/// sessions as at initial presence (XEP-0160 §3), once, and not to a session without initial presence.
+#[tokio::test]
+async fn xep0160_cluster_rejoined_hands_held_messages_to_available_sessions_once() {
+    let h = Harness::new(im_modules()).await;
+    let mut a = h.login(ALICE).await;
+    h.send(ALICE, presence(None, None)).await;
+    let mut b = h.login(BOB).await;
+    recv_all(&mut a);
+    // As another node would have stored it while it could not see alice's session.
+    let mut held_msg = message("alice@localhost", "while apart");
+    held_msg.set_attr_str("from", BOB);
+    held_msg.append_child(kabar_core::stanza::delay("localhost", kabar_core::time::unix_now()));
+    let bytes = kabar_xml::element_to_bytes(&held_msg).expect("serialise");
+    h.server.store.push_offline("alice@localhost", &bytes, 100).await.expect("store");
+    h.server.store.push_offline("bob@localhost", &bytes, 100).await.expect("store");
+
+    h.server.notify(kabar_core::Event::ClusterRejoined).await;
+    h.server.notify(kabar_core::Event::ClusterRejoined).await;
+    let got: Vec<Element> = recv_all(&mut a).into_iter().filter(|s| s.name() == "message").collect();
+    assert_eq!(got.iter().map(body_of).collect::<Vec<_>>(), vec![Some("while apart".into())]);
+    assert!(got[0].has_child("delay", "urn:xmpp:delay"), "{:?}", got[0]);
+    assert_eq!(held(&h, "alice@localhost").await, 0);
+    // Bob never sent initial presence (RFC 6121 §8.5.2.1.1): his stays held.
+    assert!(recv_all(&mut b).iter().all(|s| s.name() != "message"));
+    assert_eq!(held(&h, "bob@localhost").await, 1);
+}
