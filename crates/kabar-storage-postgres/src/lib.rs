@@ -269,7 +269,7 @@ impl PgStore {
             let _ = task.await;
             if let Err(e) = r {
                 // Two nodes creating it at once: one of them loses the race on the catalog.
-                if !is_unique_violation(&e) {
+                if !lost_create_race(&e) {
                     return Err(e).ctx(&format!("creating schema {schema} on {target}"));
                 }
             }
@@ -338,7 +338,7 @@ impl PgStore {
             match r {
                 Ok(()) => break,
                 // Concurrent CREATE TABLE IF NOT EXISTS can lose a catalog race: look again.
-                Err(e) if attempt < 5 && is_unique_violation(&e) => attempt += 1,
+                Err(e) if attempt < 5 && lost_create_race(&e) => attempt += 1,
                 Err(e) => return Err(e).ctx("creating kabar_migrations"),
             }
         }
@@ -375,8 +375,21 @@ impl PgStore {
     }
 }
 
-fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+/// Concurrent `CREATE … IF NOT EXISTS` is not atomic in PostgreSQL: the loser of the race fails
+/// either on a catalog's unique index (23505) or with a "duplicate" error for the schema (42P06),
+/// the table (42P07) or its row type (42710); all mean the object now exists.
+fn lost_create_race(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DUPLICATE_SCHEMA,
+            SqlState::DUPLICATE_TABLE,
+            SqlState::DUPLICATE_OBJECT,
+        ]
+        .contains(c)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
