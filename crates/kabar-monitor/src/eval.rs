@@ -556,9 +556,9 @@ impl fmt::Display for EvalReport {
     }
 }
 
-struct Schedule {
-    outages: Vec<Outage>,
-    surges: Vec<Surge>,
+pub(crate) struct Schedule {
+    pub(crate) outages: Vec<Outage>,
+    pub(crate) surges: Vec<Surge>,
 }
 
 fn schedule(cfg: &EvalConfig, rng: &mut Rng, total: u64) -> Schedule {
@@ -634,7 +634,102 @@ struct Recorded {
     state_at_start: Vec<State>,
 }
 
-fn simulate(cfg: &EvalConfig, idx: usize, spec: &ServiceSpec, sched: &Schedule, rng: &mut Rng, total: u64) -> Recorded {
+/// One generated minute of a service's series.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeriesMinute {
+    /// Rate without the outage and without the per-minute Gamma factor: the exact "normal" an
+    /// oracle with a perfect baseline would know (cycle, growth, day and hour noise, surge).
+    pub normal: f64,
+    /// Index of the outage starting this minute, if one does.
+    pub outage_start: Option<usize>,
+    pub count: u64,
+}
+
+/// The minute-by-minute generator of one service's series. The RNG draws happen in a fixed
+/// order (day noise, hour noise, Gamma, Poisson), so a seed gives the same series to the
+/// evaluation and to the oracle bound ([`crate::oracle`]).
+pub(crate) struct Series<'a> {
+    spec: &'a ServiceSpec,
+    sched: &'a Schedule,
+    rng: Rng,
+    hs: f64,
+    ds: f64,
+    hour_x: f64,
+    day_factor: f64,
+    hour_factor: f64,
+    next_outage: usize,
+    next_surge: usize,
+}
+
+impl<'a> Series<'a> {
+    pub(crate) fn new(cfg: &EvalConfig, spec: &'a ServiceSpec, sched: &'a Schedule, rng: Rng) -> Series<'a> {
+        Series {
+            spec,
+            sched,
+            rng,
+            hs: cfg.hour_noise_sigma,
+            ds: cfg.day_noise_sigma,
+            hour_x: 0.0,
+            day_factor: 1.0,
+            hour_factor: 1.0,
+            next_outage: 0,
+            next_surge: 0,
+        }
+    }
+
+    /// Minute `t`; call with t = 0, 1, 2, … in order.
+    pub(crate) fn minute(&mut self, t: u64) -> SeriesMinute {
+        const RHO: f64 = 0.7;
+        let (hs, ds) = (self.hs, self.ds);
+        if t.is_multiple_of(1440) {
+            self.day_factor = (ds * self.rng.normal() - ds * ds / 2.0).exp();
+        }
+        if t.is_multiple_of(60) {
+            self.hour_x = RHO * self.hour_x + (1.0 - RHO * RHO).sqrt() * hs * self.rng.normal();
+            self.hour_factor = (self.hour_x - hs * hs / 2.0).exp();
+        }
+        let sched = self.sched;
+        while self.next_outage < sched.outages.len() && sched.outages[self.next_outage].end <= t {
+            self.next_outage += 1;
+        }
+        while self.next_surge < sched.surges.len() && sched.surges[self.next_surge].end() <= t {
+            self.next_surge += 1;
+        }
+        let spec = self.spec;
+        let mut normal = spec.base_rate
+            * cycle(t)
+            * (1.0 + spec.weekly_growth).powf(t as f64 / WEEK as f64)
+            * self.day_factor
+            * self.hour_factor;
+        if let Some(s) = sched.surges.get(self.next_surge) {
+            normal *= s.factor(t);
+        }
+        let (mut outage, mut outage_start) = (1.0, None);
+        if let Some(o) = sched.outages.get(self.next_outage) {
+            if t == o.start {
+                outage_start = Some(self.next_outage);
+            }
+            if t >= o.start && t < o.end {
+                outage = o.magnitude;
+            }
+        }
+        let mut lambda = normal * outage;
+        if spec.dispersion > 0.0 {
+            lambda *= self.rng.gamma(spec.dispersion) / spec.dispersion;
+        }
+        SeriesMinute { normal, outage_start, count: self.rng.poisson(lambda) }
+    }
+}
+
+/// The schedule and the noise RNG of service `idx` for `cfg.seed`.
+pub(crate) fn service_streams(cfg: &EvalConfig, idx: usize, total: u64) -> (Schedule, Rng) {
+    let stream = cfg.seed ^ (idx as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
+    let mut sched_rng = Rng::new(stream);
+    let noise_rng = Rng::new(stream.rotate_left(32) ^ 0xE703_7ED1_A0B4_28DB);
+    (schedule(cfg, &mut sched_rng, total), noise_rng)
+}
+
+fn simulate(cfg: &EvalConfig, spec: &ServiceSpec, sched: &Schedule, rng: Rng, total: u64) -> Recorded {
     let start = EVAL_START_MINUTE;
     let mut mon = ServiceMonitor::new(&spec.name, cfg.monitor.clone(), start * 60);
     let mut rec = Recorded {
@@ -644,48 +739,14 @@ fn simulate(cfg: &EvalConfig, idx: usize, spec: &ServiceSpec, sched: &Schedule, 
         pp_entries: Vec::new(),
         state_at_start: vec![State::Ok; sched.outages.len()],
     };
-    let _ = idx;
-    let (hs, ds) = (cfg.hour_noise_sigma, cfg.day_noise_sigma);
-    let rho: f64 = 0.7;
-    let mut hour_x = 0.0;
-    let mut day_factor = 1.0;
-    let mut hour_factor = 1.0;
-    let mut next_outage = 0usize;
-    let mut next_surge = 0usize;
+    let mut series = Series::new(cfg, spec, sched, rng);
     for t in 0..total {
-        if t % 1440 == 0 {
-            day_factor = (ds * rng.normal() - ds * ds / 2.0).exp();
+        // The state before this minute is judged: what the outage found when it started.
+        let state_before = mon.state();
+        let SeriesMinute { outage_start, count, .. } = series.minute(t);
+        if let Some(i) = outage_start {
+            rec.state_at_start[i] = state_before;
         }
-        if t % 60 == 0 {
-            hour_x = rho * hour_x + (1.0 - rho * rho).sqrt() * hs * rng.normal();
-            hour_factor = (hour_x - hs * hs / 2.0).exp();
-        }
-        while next_outage < sched.outages.len() && sched.outages[next_outage].end <= t {
-            next_outage += 1;
-        }
-        while next_surge < sched.surges.len() && sched.surges[next_surge].end() <= t {
-            next_surge += 1;
-        }
-        let mut lambda = spec.base_rate
-            * cycle(t)
-            * (1.0 + spec.weekly_growth).powf(t as f64 / WEEK as f64)
-            * day_factor
-            * hour_factor;
-        if let Some(s) = sched.surges.get(next_surge) {
-            lambda *= s.factor(t);
-        }
-        if let Some(o) = sched.outages.get(next_outage) {
-            if t == o.start {
-                rec.state_at_start[next_outage] = mon.state();
-            }
-            if t >= o.start && t < o.end {
-                lambda *= o.magnitude;
-            }
-        }
-        if spec.dispersion > 0.0 {
-            lambda *= rng.gamma(spec.dispersion) / spec.dispersion;
-        }
-        let count = rng.poisson(lambda);
         let minute = start + t;
         mon.record_counted(minute * 60, count);
         for ev in mon.advance((minute + 1) * 60) {
@@ -756,11 +817,8 @@ pub fn run_evaluation_with(cfg: &EvalConfig) -> EvalReport {
     };
 
     for (idx, spec) in cfg.services.iter().enumerate() {
-        let stream = cfg.seed ^ (idx as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
-        let mut sched_rng = Rng::new(stream);
-        let mut noise_rng = Rng::new(stream.rotate_left(32) ^ 0xE703_7ED1_A0B4_28DB);
-        let sched = schedule(cfg, &mut sched_rng, total);
-        let rec = simulate(cfg, idx, spec, &sched, &mut noise_rng, total);
+        let (sched, noise_rng) = service_streams(cfg, idx, total);
+        let rec = simulate(cfg, spec, &sched, noise_rng, total);
 
         let mut svc = ServiceResult {
             name: spec.name.clone(),
@@ -789,7 +847,7 @@ pub fn run_evaluation_with(cfg: &EvalConfig) -> EvalReport {
             }
             if o.magnitude == 5.0 {
                 svc.detection_5x.add(ttd, alerted);
-                if !ttd.is_some_and(|t| t <= 5) {
+                if ttd.is_none_or(|t| t > 5) {
                     report.missed_5x.push(MissedOutage {
                         seed: cfg.seed,
                         service: spec.name.clone(),

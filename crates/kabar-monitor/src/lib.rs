@@ -7,6 +7,8 @@
 //! * [`detector`]: rolling windows against the baseline, probes, hysteresis, incidents.
 //! * [`monitor`]: a [`ServiceMonitor`] per service and the [`Monitor`] holding them with the gate.
 //! * [`eval`]: reproducible evaluation on labelled synthetic series ([`run_evaluation`]).
+//! * [`oracle`]: the best recall any detector could reach on those series (an upper bound) and an
+//!   oracle detector that knows the exact rates.
 //!
 //! Time is always passed in (unix seconds for events, unix minutes inside); nothing here does
 //! I/O, spawns, or reads a clock. See docs/MONITOR.md.
@@ -15,6 +17,7 @@ pub mod baseline;
 pub mod detector;
 pub mod eval;
 pub mod monitor;
+pub mod oracle;
 pub mod reports;
 pub mod tail;
 

@@ -56,3 +56,24 @@ fn evaluation_reaches_the_recorded_figures_goal_met_only_from_2_reports_per_minu
     assert!(report.magnitude(100.0).expect("100x").recall() >= 0.99);
     assert!(report.precision() >= 0.85, "precision {}", report.precision());
 }
+
+/// The oracle bound (src/oracle.rs) on the small configuration: a probability, growing with the
+/// false-alarm budget, 1 for a service with 20 reports/minute, and the realisable oracle detector
+/// stays within its false-alarm budget.
+#[test]
+fn oracle_bound_is_a_recall_that_grows_with_the_false_alarm_budget() {
+    let cfg = EvalConfig::small(1);
+    let report = kabar_monitor::oracle::oracle_bound(&cfg, &[1], 5.0, 5, &[0.5, 1.0]);
+    assert_eq!(report.bands.len(), 2);
+    for band in &report.bands {
+        let (b_half, b_one) = (band.bound[0].1, band.bound[1].1);
+        assert!((0.0..=1.0).contains(&b_half) && b_half <= b_one + 1e-12, "{}: {b_half} {b_one}", band.name);
+        for &(f, recall, fa) in &band.oracle {
+            assert!(fa <= f && (0.0..=1.0).contains(&recall), "{}: F {f} recall {recall} FA {fa}", band.name);
+        }
+    }
+    let big = report.bands.iter().find(|b| b.base_rate == 20.0).expect("rate-20");
+    assert!(big.bound[1].1 > 0.999, "{}", big.bound[1].1);
+    let small = report.bands.iter().find(|b| b.base_rate == 2.0).expect("rate-2");
+    assert!(small.bound[1].1 < 0.999, "a 2/minute service cannot reach certainty: {}", small.bound[1].1);
+}

@@ -1,13 +1,15 @@
-//! `kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only] [--no-tail]`: run the
+//! `kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only] [--no-tail] [--oracle]`: run the
 //! detector evaluation on synthetic labelled series and print the report. `--seeds N` aggregates
 //! seeds F..F+N (F = 1 unless given: a held-out set is e.g. `--seeds 12 --first-seed 101`);
 //! `--misses` lists the 5× outages not detected within 5 minutes; `--windows-only` turns the
 //! CUSUM, the onset gate and the tail test off (the detector before them); `--no-tail` only the
-//! exact short-window tail test.
+//! exact short-window tail test; `--oracle` prints the upper bound on 5× recall@5min per service
+//! (and an oracle detector knowing the exact rates) instead of evaluating the detector.
 
 use std::process::ExitCode;
 
 use kabar_monitor::eval::{run_evaluation_seeds, EvalConfig};
+use kabar_monitor::oracle::oracle_bound;
 
 fn main() -> ExitCode {
     let mut cfg = EvalConfig::standard(1);
@@ -15,10 +17,17 @@ fn main() -> ExitCode {
     let mut count: Option<u64> = None;
     let mut first = 1u64;
     let mut misses = false;
+    let mut oracle = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--misses" {
             misses = true;
+            continue;
+        }
+        // The upper bound on 5× recall@5min per service and the oracle detector (src/oracle.rs)
+        // instead of the detector's evaluation.
+        if arg == "--oracle" {
+            oracle = true;
             continue;
         }
         // The detector as it was before the CUSUM and the onset gate, for before/after figures.
@@ -52,6 +61,10 @@ fn main() -> ExitCode {
     if let Some(n) = count {
         seeds = (first..first + n).collect();
     }
+    if oracle {
+        print!("{}", oracle_bound(&cfg, &seeds, 5.0, 5, &[1.0, 0.5]));
+        return ExitCode::SUCCESS;
+    }
     match run_evaluation_seeds(&cfg, &seeds) {
         Some(report) => {
             print!("{report}");
@@ -69,5 +82,5 @@ fn main() -> ExitCode {
 }
 
 fn usage() {
-    eprintln!("usage: kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only] [--no-tail]   (W > 3 warm-up weeks)");
+    eprintln!("usage: kabar-monitor-eval [--seed N | --seeds N [--first-seed F]] [--weeks W] [--misses] [--windows-only] [--no-tail] [--oracle]   (W > 3 warm-up weeks)");
 }
