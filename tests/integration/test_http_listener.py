@@ -91,7 +91,14 @@ def policies(pid: int) -> list[tuple[str, int]]:
     return out
 
 
-SCHED_OTHER, SCHED_IDLE = 0, 5
+SCHED_OTHER, SCHED_BATCH, SCHED_IDLE = 0, 3, 5
+# The embedded store's reader threads run under SCHED_BATCH (crates/kabar-storage-sqlite/src/readers.rs).
+STORE_READER_PREFIX = "kabar-sqlite-rd"
+
+
+def expected_policy(name: str) -> int:
+    """The policy every thread that is not the HTTPS listener's must keep."""
+    return SCHED_BATCH if name.startswith(STORE_READER_PREFIX) else SCHED_OTHER
 
 
 def test_listener_sched_idle_puts_only_the_listener_threads_under_sched_idle(server):
@@ -100,13 +107,14 @@ def test_listener_sched_idle_puts_only_the_listener_threads_under_sched_idle(ser
     srv = server(config={"http": {"listener_threads": 2, "listener_sched": "idle"}})
     found = policies(srv.proc.pid)
     listener = [p for name, p in found if name == LISTENER_THREAD]
-    others = [p for name, p in found if name != LISTENER_THREAD]
+    others = [(name, p) for name, p in found if name != LISTENER_THREAD]
     assert len(listener) >= 2 and all(p == SCHED_IDLE for p in listener), found
-    assert len(others) >= 2 and all(p == SCHED_OTHER for p in others), found
+    assert len(others) >= 2 and all(p == expected_policy(name) for name, p in others), found
     report(srv)
 
 
 def test_listener_sched_default_is_nice_under_sched_other(server):
     srv = server()
     found = policies(srv.proc.pid)
-    assert [p for name, p in found if name == LISTENER_THREAD] and all(p == SCHED_OTHER for _, p in found), found
+    assert [p for name, p in found if name == LISTENER_THREAD], found
+    assert all(p == expected_policy(name) for name, p in found), found

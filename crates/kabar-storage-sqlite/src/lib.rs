@@ -4,12 +4,12 @@
 //! commit is fsynced before the call returns Ok and survives kill -9 and power loss.
 //! Threading: rusqlite is blocking. All writes go to one writer thread (SQLite admits one writer
 //! anyway) that commits them in groups: writes queued while a commit is being fsynced share the
-//! next transaction, each in its own savepoint (see [`writer`]). Reads run on
-//! `tokio::task::spawn_blocking` with a small pool of read-only connections, so they never queue
-//! behind a slow write (WAL lets readers proceed during a write). No lock is held across an `.await`.
+//! next transaction, each in its own savepoint (see [`writer`]). Reads run on a few reader threads,
+//! each owning a read-only connection (see [`readers`]), so they never queue behind a slow write
+//! (WAL lets readers proceed during a write). No lock is held across an `.await`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -149,6 +149,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 mod archive;
+mod readers;
 mod writer;
 
 /// A kabar store in one SQLite database. Cheap to clone (all clones share the connections).
@@ -160,36 +161,15 @@ pub struct SqliteStore {
 struct Inner {
     /// The writer thread's queue ([`writer`]).
     writer: tokio::sync::mpsc::Sender<writer::Job>,
-    /// Empty for in-memory databases (a private in-memory database has exactly one connection);
-    /// reads then use the writer.
-    readers: Pool,
+    /// No threads for in-memory databases (a private in-memory database has exactly one
+    /// connection); reads then use the writer.
+    readers: readers::Readers,
     path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").field("path", &self.inner.path).finish_non_exhaustive()
-    }
-}
-
-struct Pool {
-    idle: Mutex<Vec<Connection>>,
-    returned: Condvar,
-    size: usize,
-}
-
-/// A reader connection taken from the pool; goes back on drop (also when unwinding).
-struct PooledConn<'a> {
-    pool: &'a Pool,
-    conn: Option<Connection>,
-}
-
-impl Drop for PooledConn<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            lock(&self.pool.idle).push(conn);
-            self.pool.returned.notify_one();
-        }
     }
 }
 
@@ -257,20 +237,11 @@ impl SqliteStore {
     }
 
     fn from_parts(writer: Connection, readers: Vec<Connection>, path: Option<PathBuf>) -> Result<Self> {
-        let size = readers.len();
         let writer = writer::spawn(writer)
             .map_err(|e| StoreError::Backend(format!("sqlite: starting the writer thread: {e}")))?;
-        Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                writer,
-                readers: Pool {
-                    idle: Mutex::new(readers),
-                    returned: Condvar::new(),
-                    size,
-                },
-                path,
-            }),
-        })
+        let readers = readers::Readers::start(readers)
+            .map_err(|e| StoreError::Backend(format!("sqlite: starting the reader threads: {e}")))?;
+        Ok(SqliteStore { inner: Arc::new(Inner { writer, readers, path }) })
     }
 
     /// The database file, or `None` for an in-memory store.
@@ -329,53 +300,21 @@ impl SqliteStore {
         self.enqueue(writer::queued_job(isolation, f)).await
     }
 
-    /// Runs `f` with a reader connection (the writer for in-memory stores) on the blocking pool.
+    /// Runs `f` on a reader thread's connection (the writer for in-memory stores).
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        if self.inner.readers.size == 0 {
+        if self.inner.readers.size() == 0 {
             return self.write(f).await;
         }
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || {
-            let pool = &inner.readers;
-            let mut idle = lock(&pool.idle);
-            let conn = loop {
-                if let Some(c) = idle.pop() {
-                    break c;
-                }
-                idle = pool.returned.wait(idle).unwrap_or_else(PoisonError::into_inner);
-            };
-            drop(idle);
-            let mut pooled = PooledConn { pool, conn: Some(conn) };
-            let conn = pooled
-                .conn
-                .as_mut()
-                .ok_or_else(|| StoreError::Backend("sqlite: reader pool bookkeeping".into()))?;
-            if !conn.is_autocommit() {
-                conn.execute_batch("ROLLBACK").ctx("rolling back an abandoned read transaction")?;
-            }
-            f(conn)
-        })
-        .await
+        self.inner.readers.read(f).await
     }
 }
 
 fn writer_gone() -> StoreError {
     StoreError::Backend("sqlite: the writer thread has stopped".into())
-}
-
-async fn run_blocking<T, F>(f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(StoreError::Backend(format!("sqlite: blocking task failed: {e}"))),
-    }
 }
 
 /// Per-connection settings. `journal_mode` is persistent in the file; the rest is per connection.
@@ -939,14 +878,14 @@ mod tests {
         assert_eq!(pragmas[1], "Integer(2)", "synchronous=FULL");
         assert_eq!(pragmas[2], "Integer(1)");
         assert_eq!(pragmas[3], "Integer(10000)");
-        let readers = lock(&store.inner.readers.idle);
-        assert_eq!(readers.len(), READERS);
-        for r in readers.iter() {
-            let q: i64 = r.query_row("PRAGMA query_only", [], |r| r.get(0)).expect("pragma");
-            assert_eq!(q, 1, "readers are query_only");
-            assert!(r.execute("DELETE FROM kv", []).is_err(), "readers cannot write");
-        }
-        drop(readers);
+        assert_eq!(store.inner.readers.size(), READERS);
+        let query_only = rt
+            .block_on(store.inner.readers.each(|r| {
+                assert!(r.execute("DELETE FROM kv", []).is_err(), "readers cannot write");
+                r.query_row("PRAGMA query_only", [], |r| r.get(0)).ctx("query_only")
+            }))
+            .expect("reader pragmas");
+        assert_eq!(query_only, vec![1; READERS], "readers are query_only");
         drop(store);
         for suffix in ["", "-wal", "-shm"] {
             let mut p = path.as_os_str().to_owned();

@@ -311,7 +311,7 @@ async fn serve(common: Common) -> Result<()> {
     } else {
         bind_all(&config.components.listen, "external components").await?
     };
-    let c2s = Arc::new(c2s::C2s { server: server.clone(), tls: tls.clone(), resumable: Default::default(), drain: drain.clone() });
+    let c2s = Arc::new(c2s::C2s { server: server.clone(), tls: tls.clone(), resumable: Default::default(), drain: drain.clone(), caps_feature: Default::default() });
     let mut tasks = tokio::task::JoinSet::new();
     for l in starttls {
         tasks.spawn(accept_c2s(l, c2s.clone(), false));
