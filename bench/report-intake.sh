@@ -9,6 +9,9 @@
 # `data` with accounts u1..u100 (password benchpass); no report arguments: chat alone.
 # Run a series from one shell after `echo -10 > /proc/self/autogroup` (root) so that other jobs on
 # the machine, which sit in their own autogroups, take less of our cores; reset it to 0 afterwards.
+# REPORT_GEN_SCHED=idle runs the report generator under SCHED_IDLE (`chrt -i 0`): it shares CPU 1
+# with the chat generator, whose receive timestamps are the measurement, and in a deployment the
+# reporters are other machines (docs/BENCHMARKS.md "Report intake (session 5)").
 set -u
 DIR=$1 LABEL=$2 CONF=$3
 shift 3
@@ -31,7 +34,9 @@ nice -n -5 taskset -c 1 ./kabar-load chat --pairs 50 --duration 20 --rate 10 --n
 CPID=$!
 if [ $# -gt 0 ]; then
   sleep 3
-  taskset -c 1 ./kabar-report-load --port 17443 --domain bench.local --ca data/tls/ca.pem --service chat \
+  GEN_SCHED=()
+  [ "${REPORT_GEN_SCHED:-}" = idle ] && GEN_SCHED=(chrt -i 0)
+  "${GEN_SCHED[@]}" taskset -c 1 ./kabar-report-load --port 17443 --domain bench.local --ca data/tls/ca.pem --service chat \
     --connections 64 --sources 64 --pipeline 16 --duration 15 --threads 1 --server-pid $SPID "$@" > "rep-$LABEL.json"
 fi
 wait $CPID

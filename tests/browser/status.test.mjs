@@ -50,9 +50,17 @@ test('status page renders its charts and takes a report through its form without
   await page.click('#report-form button[type=submit]');
   await page.waitForFunction(() => /already reported/.test(document.getElementById('report-result')?.textContent || ''));
 
-  // Let the probes produce latency points, then reload: the report and the probe chart show.
-  await new Promise((r) => setTimeout(r, 3_000));
-  await page.reload();
+  // Let the probes produce latency points, then reload: the report and the probe chart show. The
+  // page is rendered by the server (at most once a second), and on a busy machine the first
+  // one-second minute with a probe result may close late: reload until both are drawn (bounded)
+  // instead of guessing how long that takes.
+  const drawn = async () => (await page.locator('svg.latency-chart circle').count()) > 0
+    && (await page.locator('svg.reports-chart rect').count()) >= 1;
+  const deadline = Date.now() + 30_000;
+  do {
+    await new Promise((r) => setTimeout(r, 1_100));
+    await page.reload();
+  } while (!(await drawn()) && Date.now() < deadline);
   await page.waitForSelector('svg.latency-chart circle');
   const chart = await page.locator('svg.reports-chart').boundingBox();
   assert.ok(chart && chart.width > 300 && chart.height > 50, `chart box ${JSON.stringify(chart)}`);

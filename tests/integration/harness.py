@@ -52,9 +52,13 @@ COMPONENT_DOMAIN = "bot.localhost"
 COMPONENT_SECRET = "s3cret"
 DEFAULT_USERS = {"alice": "alice-pass-1", "bob": "bob-pass-2", "carol": "carol-pass-3"}
 
+# Upper bounds for what must happen, not expected durations: every wait returns as soon as the
+# awaited thing arrives, so they only decide how long a broken server takes to fail a test. They
+# are generous because CI runs on a shared 2-core machine, where a compile next door can stall the
+# server for seconds.
 STARTUP_TIMEOUT = 30.0  # kabar serve → every port accepts
-LOGIN_TIMEOUT = 10.0  # TCP connect → session started
-WAIT = 5.0  # an expected stanza must arrive within this
+LOGIN_TIMEOUT = 30.0  # TCP connect → session started
+WAIT = 15.0  # an expected stanza must arrive within this
 QUIET = 1.0  # how long to listen when proving that something does NOT arrive
 
 NS = {
@@ -195,16 +199,30 @@ class ServerError(Exception):
 
 
 def free_ports(n: int) -> list[int]:
-    """Ask the OS for n distinct free loopback ports."""
-    socks = []
+    """n distinct free loopback TCP ports, each held in TIME_WAIT so nobody else gets it meanwhile.
+
+    A port merely bound and closed goes straight back to the pool: until the server binds it, any
+    other bind(0) on the machine (another test process, a parallel build's tests) may be handed the
+    same port, and the server then fails with "address in use". Here each port is connected to once
+    and its side of that connection is closed first, which leaves 127.0.0.1:port in TIME_WAIT for a
+    minute: bind(0) and outgoing connections skip it, while a server binding it with SO_REUSEADDR
+    (kabar via tokio, nats-server, the tests' own listeners) gets it at once."""
+    listeners = []
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            s.listen(1)
+            listeners.append(s)
+        ports = [s.getsockname()[1] for s in listeners]
+        for s, port in zip(listeners, ports):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                accepted, _ = s.accept()
+                accepted.close()  # the port's side closes first: it is the one left in TIME_WAIT
+        return ports
     finally:
-        for s in socks:
+        for s in listeners:
             s.close()
 
 

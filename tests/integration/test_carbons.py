@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import NS_FORWARD, plugin_client, run
+from harness import NS_FORWARD, WAIT, plugin_client, run
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 
@@ -15,7 +15,7 @@ def carbons_client(srv, user, enable: bool = True):
     c.xmpp.add_event_handler("carbon_received", lambda m: c.carbons.append(("received", m["carbon_received"])))
     c.xmpp.add_event_handler("carbon_sent", lambda m: c.carbons.append(("sent", m["carbon_sent"])))
     if enable:
-        answer = run(c.xmpp.plugin["xep_0280"].enable(timeout=5), 10)
+        answer = run(c.xmpp.plugin["xep_0280"].enable(timeout=WAIT), WAIT + 5)
         assert answer["type"] == "result", f"{c.name}: enabling carbons failed: {answer}"
     return c
 
@@ -117,7 +117,7 @@ def test_only_resources_that_enabled_carbons_get_copies_until_they_disable(kabar
     bob = kabar.client("bob/desk")
     bob.message("alice@localhost/a", "satu")
     expect_carbon(b, "received", "satu")
-    answer = run(b.xmpp.plugin["xep_0280"].disable(timeout=5), 10)
+    answer = run(b.xmpp.plugin["xep_0280"].disable(timeout=WAIT), WAIT + 5)
     assert answer["type"] == "result", answer
     bob.message("alice@localhost/a", "dua")
     a.message("bob@localhost", "tiga")

@@ -139,12 +139,51 @@ def wait_log(srv, patterns: list[str], timeout: float, since: int = 0) -> float:
         time.sleep(0.1)
 
 
+def directory(srv) -> list[dict]:
+    """One node's copy of the session directory, read through its admin API (`GET /sessions` answers
+    from that copy): the listed entries (jid, node, available, …)."""
+    from test_admin import Http
+
+    if getattr(srv, "_directory_http", None) is None:
+        srv._directory_http = Http(srv, (srv.data_dir / "admin-token").read_text().strip())
+    r = srv._directory_http.api("GET", "/sessions")
+    assert r.status == 200, r
+    return json.loads(r.text)["sessions"]
+
+
+def wait_known(nodes, *sessions, available: bool = True, timeout: float = 20) -> None:
+    """Waits until every node in `nodes` lists each of `sessions` (clients or raw streams: on the node
+    they are connected to; or full JIDs) in its copy of the directory — as available, unless
+    `available` is False.
+
+    The directory is learnt over NATS (docs/CLUSTER.md): for a moment after a bind or an initial
+    presence the other nodes do not know the session yet, and a stanza they route to that user then
+    goes where it would for an offline user (offline storage, or no conflict on a cross-node rebind).
+    A test that talks across nodes right after a login waits for this first; what it then checks is
+    routing on a directory that has heard of the session, which is what the cluster promises."""
+    wanted = [(s, None) if isinstance(s, str) else (s.jid, s.server.config["cluster"]["node"]) for s in sessions]
+    deadline = time.monotonic() + timeout
+    for srv in nodes:
+        while True:
+            seen = directory(srv)
+            missing = [(jid, node) for jid, node in wanted
+                       if not any(e["jid"] == jid and node in (None, e.get("node")) and (e["available"] or not available)
+                                  for e in seen)]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{srv.workdir} ({srv.config['cluster']['node']}) does not list {missing} "
+                                     f"{'as available ' if available else ''}within {timeout}s: {seen}")
+            pause(0.05)  # (the clients' loop runs meanwhile: they keep answering the server's pings)
+
+
 def test_cluster_rfc6121_chat_and_presence_between_users_on_different_nodes(server, pg_storage, nats_url):
     """RFC 6121 §8.5.3.1 (full JID), §8.5.2.1.1 (bare JID: every available resource, cluster-wide) and
     §4.2.2/§4.4.2 (presence broadcast) with alice, bob and carol on three different nodes."""
     n1, n2, n3 = start_cluster(server, pg_storage, nats_url, ["n1", "n2", "n3"])
     alice = n1.client("alice/desk")
     bob = n2.client("bob/phone")
+    wait_known([n1, n2], alice, bob)
     make_mutual(alice, bob)
 
     # Presence: bob's change of show on node 2 reaches alice on node 1, unchanged.
@@ -161,6 +200,7 @@ def test_cluster_rfc6121_chat_and_presence_between_users_on_different_nodes(serv
 
     # A second resource of bob on node 3: a message to the bare JID reaches both nodes' sessions.
     bob2 = n3.client("bob/tablet")
+    wait_known([n1], bob2)
     alice.expect_presence(frm=bob2.jid)
     # §4.3.2: bob's new session learns alice's presence, answered from node 1's announced presence.
     bob2.expect_presence(frm=alice.jid)
@@ -187,9 +227,11 @@ def test_cluster_rfc6121_chat_and_presence_between_users_on_different_nodes(serv
     # RFC 6120 §7.7.2.2 across nodes: the same full JID binding on another node replaces the session
     # (the default resource_conflict = "replace"), which ends with <conflict/>.
     carol_old = n1.client("carol/desk")
+    wait_known([n3], carol_old)
     carol_new = n3.client("carol/desk", name="carol-on-n3")
     assert carol_old.expect_stream_error() == "conflict"
     carol_new.sync()
+    wait_known([n1], carol_new)
     alice.message(carol_new.jid, "carol di node tiga")
     carol_new.expect_message(frm=alice.jid, body="carol di node tiga")
 
@@ -202,6 +244,7 @@ def test_cluster_node_killed_sessions_expire_and_messages_go_offline(server, pg_
     n1, n2, n3 = start_cluster(server, pg_storage, nats_url, ["n1", "n2", "n3"])
     alice = n1.client("alice/desk")
     bob = n2.client("bob/phone")
+    wait_known([n1, n2], alice, bob)
     make_mutual(alice, bob)
     alice.message(bob.jid, "sebelum")
     bob.expect_message(frm=alice.jid, body="sebelum")
@@ -249,6 +292,7 @@ def test_cluster_node_killed_sessions_expire_and_messages_go_offline(server, pg_
     n2.start()
     wait_log(n1, ['cluster node joined node="n2"'], timeout=20, since=n1_offset)
     bob_back = n2.client("bob/laptop", name="bob-back-on-n2")
+    wait_known([n1], bob_back)
     alice.expect_presence(frm=bob_back.jid)
     alice.message(bob_back.jid, "selamat datang kembali")
     bob_back.expect_message(frm=alice.jid, body="selamat datang kembali")
@@ -262,6 +306,7 @@ def test_cluster_frozen_node_unconfirmed_messages_go_offline_and_it_recovers(ser
     n1, n2 = start_cluster(server, pg_storage, nats_url, ["n1", "n2"])
     alice = n1.client("alice/desk")
     bob = n2.client("bob/phone")
+    wait_known([n1], bob)
     alice.message(bob.jid, "sebelum beku")
     bob.expect_message(frm=alice.jid, body="sebelum beku")
 
@@ -271,7 +316,7 @@ def test_cluster_frozen_node_unconfirmed_messages_go_offline_and_it_recovers(ser
         frozen = [f"beku {i}" for i in range(3)]
         for body in frozen:
             alice.message("bob@localhost", body)
-        wait_log(n1, ["cluster node does not take stanzas.* node=\"n2\""], timeout=5, since=n1_offset)
+        wait_log(n1, ["cluster node does not take stanzas.* node=\"n2\""], timeout=20, since=n1_offset)
         pause(0.5)
     finally:
         os.kill(n2.proc.pid, signal.SIGCONT)
@@ -308,6 +353,7 @@ def test_cluster_survives_a_nats_outage_without_restarts(server, pg_storage, pri
     alice = n1.client("alice/desk")
     carol = n1.client("carol/desk")
     bob = n2.client("bob/phone")
+    wait_known([n1], bob)
     alice.message(bob.jid, "sebelum gangguan")
     bob.expect_message(frm=alice.jid, body="sebelum gangguan")
 
@@ -404,6 +450,7 @@ def test_cluster_xep0045_room_shared_across_nodes_and_rehomed_when_its_node_dies
     nodes = start_cluster(server, pg_storage, nats_url, ["n1", "n2", "n3"])
     users = {"n1": "alice", "n2": "bob", "n3": "carol"}
     clients = {name: muc_client(n, f"{users[name]}/pc") for name, n in zip(users, nodes)}
+    wait_known(nodes, *clients.values())
     room = "rapat@conference.localhost"
     alice, bob, carol = clients["n1"], clients["n2"], clients["n3"]
     create_room(alice, room, "alice", **{"muc#roomconfig_persistentroom": "1",
@@ -479,6 +526,7 @@ def test_cluster_xep0198_resume_on_another_node_after_kill_fails_cleanly_and_not
     carol = plugin_client(n2, "carol/pc", {"xep_0198": {}})
     carol_sm = carol.xmpp.plugin["xep_0198"]
     assert carol_sm.sm_id, "slixmpp did not get a resumable session"
+    wait_known([n1], alice, carol)
 
     bob = n1.raw(name="bob-raw-n1")
     bob.login("bob", resource="pump")
@@ -581,6 +629,7 @@ def test_cluster_component_on_one_node_serves_users_of_another_and_admin_sees_ev
         n2.component()
 
     bob = n1.client("bob/phone")
+    wait_known([n2], bob)
     h = Http(n2, (n2.data_dir / "admin-token").read_text().strip())
     r = h.api("GET", "/sessions")
     assert r.status == 200, r

@@ -21,7 +21,7 @@ import yaml
 
 from harness import KABAR_BIN, NS, REPO, pause, to_toml
 from test_admin import Http
-from test_cluster import nats_url, pg_storage, start_cluster, wait_log  # noqa: F401 (fixtures)
+from test_cluster import nats_url, pg_storage, start_cluster, wait_known, wait_log  # noqa: F401 (fixtures)
 from test_delivery import silence_acks, sm_client
 
 OPENAPI = REPO / "docs" / "openapi.yaml"
@@ -97,6 +97,7 @@ def test_cluster_drain_rfc6120_4_9_3_19_clients_move_to_a_live_node_and_no_messa
     silence_acks(alice)
     stay_put(alice)
     bob = n2.client("bob/phone")
+    wait_known([n2], alice)
 
     before = [f"sebelum {i}" for i in range(5)]
     for b in before:
@@ -136,6 +137,7 @@ def test_cluster_drain_rfc6120_4_9_3_19_clients_move_to_a_live_node_and_no_messa
         assert n1.admin.request("GET", "/readyz", token=None).status == 503
 
         moved = target.client("alice/desk", name="alice-moved")
+        wait_known([n2], moved)
         after = [f"setelah {i}" for i in range(5)]
         for b in after:
             bob.message("alice@localhost", b)
@@ -178,6 +180,7 @@ def test_cluster_sigterm_drains_the_node_to_another_one(server, pg_storage, nats
     carol = n1.client("carol/desk")
     stay_put(carol)
     bob = n2.client("bob/phone")
+    wait_known([n2], carol)
     bob.message(carol.jid, "halo")
     carol.expect_message(frm=bob.jid, body="halo")
 

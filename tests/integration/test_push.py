@@ -54,9 +54,11 @@ class AppServer:
 
     def _entries(self) -> list[dict]:
         try:
-            return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+            text = self.out.read_text()
         except FileNotFoundError:
             return []
+        # Complete lines only: the app server may be writing the last one right now.
+        return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
 
     def notifications(self) -> list[dict]:
         return [e for e in self._entries() if not e.get("ready")]

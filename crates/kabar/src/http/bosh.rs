@@ -184,7 +184,7 @@ async fn create(bosh: &Arc<BoshSessions>, state: &HttpState, info: ConnInfo, req
         to,
     });
     bosh.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(sid.clone(), session.clone());
-    state.spawn_session(state.c2s.clone().handle_framed(theirs, info.peer, info.cb, "bosh"));
+    state.spawn_session(state.c2s.clone().handle_framed(theirs, info.peer, Arc::unwrap_or_clone(info.cb), "bosh"));
     // Pump: frames from the c2s writer into the session's queue.
     let pump_session = session.clone();
     tokio::spawn(async move {

@@ -166,7 +166,7 @@ struct Submission {
 /// Whether a browser-sent `Origin` is this server (absent: not a browser cross-site request).
 fn same_origin(state: &HttpState, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
-    if origin == state.public_url {
+    if origin == &*state.public_url {
         return true;
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");

@@ -50,8 +50,8 @@ const REL_BOSH: &str = "urn:xmpp:alt-connections:xbosh";
 pub struct HttpState {
     pub c2s: Arc<C2s>,
     pub bosh: Arc<bosh::BoshSessions>,
-    /// `https://host:port` clients use to reach us.
-    pub public_url: String,
+    /// `https://host:port` clients use to reach us. Shared: axum clones the state for every request.
+    pub public_url: Arc<str>,
     /// The admin API's token; `None`: the API is off (see [`admin`]).
     pub admin: Option<Arc<admin::AdminAuth>>,
     /// The main runtime, where XMPP sessions run.
@@ -147,7 +147,8 @@ fn idle_thread_policy() {
 #[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub cb: ChannelBindings,
+    /// Shared: the connection's facts are copied into every request's extensions.
+    pub cb: Arc<ChannelBindings>,
 }
 
 impl HttpState {
@@ -163,7 +164,7 @@ impl HttpState {
         HttpState {
             c2s,
             bosh,
-            public_url: public_url.trim_end_matches('/').to_string(),
+            public_url: Arc::from(public_url.trim_end_matches('/')),
             admin: None,
             sessions: tokio::runtime::Handle::current(),
             listener,
@@ -250,7 +251,7 @@ async fn accept_loop(listener: TcpListener, state: HttpState, tls: Arc<Tls>) {
                 Ok(Err(e)) => return debug!(%peer, error = %e, "HTTPS handshake failed"),
                 Err(_) => return debug!(%peer, "HTTPS handshake timed out"),
             };
-            let cb = tls.channel_bindings(stream.get_ref().1);
+            let cb = Arc::new(tls.channel_bindings(stream.get_ref().1));
             let service = TowerToHyperService::new(app.layer(Extension(ConnInfo { peer, cb })));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {

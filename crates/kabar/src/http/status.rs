@@ -13,24 +13,24 @@
 //! The page and summary are rendered at most once a second and cached, so a flood of page loads
 //! during an outage costs one render per second, not one per request.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use base64::Engine;
 use kabar_core::time::{unix_now, xep0082};
 use kabar_modules::status::{verdict_text, ServiceSnapshot, Snapshot, StatusHub, StatusModule, SubmitError};
 use kabar_monitor::{Cause, Incident, NotCounted, ProblemType, ReportError, State as MonState, Verdict};
 use kabar_xml::{elem, element_to_bytes, ElementExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -98,19 +98,32 @@ static FEED_CACHE: OnceLock<Mutex<Option<Cached>>> = OnceLock::new();
 
 // --- POST /status/reports ----------------------------------------------------------------------------
 
+/// Fields borrow from the request body when they hold no JSON escapes (the usual case): a report
+/// flood then costs no string allocations here (docs/BENCHMARKS.md "Report intake (session 5)").
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReportBody {
-    service: String,
-    problem: String,
-    #[serde(default)]
-    region: Option<String>,
-    #[serde(default)]
-    comment: Option<String>,
+struct ReportBody<'a> {
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+    #[serde(borrow)]
+    problem: Cow<'a, str>,
+    #[serde(default, borrow)]
+    region: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    comment: Option<Cow<'a, str>>,
     /// A random id the page keeps per browser (the "device"); without it the client address is
     /// the reporter key.
-    #[serde(default)]
-    device: Option<String>,
+    #[serde(default, borrow)]
+    device: Option<Cow<'a, str>>,
+}
+
+/// The `202` answer, serialised straight from this struct (no intermediate `serde_json::Value`).
+#[derive(Serialize)]
+struct ReportAnswer<'a> {
+    counted: bool,
+    reason: Option<&'static str>,
+    service: &'a str,
+    message: &'static str,
 }
 
 /// The client address: the TCP peer, or — when the peer is a trusted proxy — the rightmost
@@ -142,18 +155,33 @@ fn client_ip(hub: &StatusHub, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     chain.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
 }
 
-async fn report(
-    State(state): State<HttpState>,
-    Extension(info): Extension<ConnInfo>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// The largest body read at all, as axum's `Bytes` extractor caps it by default; the configured
+/// `max_report_body_bytes` is checked after parsing.
+const REPORT_READ_LIMIT: usize = 2 * 1024 * 1024;
+
+// Takes the whole request rather than `HeaderMap` and `Extension<ConnInfo>` extractors, which
+// clone the headers and the connection facts for every report.
+async fn report(State(state): State<HttpState>, request: Request) -> Response {
     let Some(hub) = hub(&state) else { return disabled() };
-    if !is_json(&headers) {
-        return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body", "send the report as application/json");
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    if !is_json(headers) {
+        // Refused before its body is read: close the connection and say so, or hyper drops it
+        // silently whenever the body had not arrived yet and the client's next request on it fails
+        // (same as the admin API's refusals, admin.rs `refused_unread`).
+        let mut r = json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body", "send the report as application/json");
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
-    // Shape first: an invalid body is reported as invalid whatever its size (axum caps bodies at
-    // 2 MB before this); a well-formed but oversized one is refused as too large.
+    let body = match axum::body::to_bytes(body, REPORT_READ_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large"),
+    };
+    let Some(peer) = parts.extensions.get::<ConnInfo>().map(|i| i.peer.ip()) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    // Shape first: an invalid body is reported as invalid whatever its size (bodies are read up
+    // to 2 MB); a well-formed but oversized one is refused as too large.
     let r: ReportBody = match serde_json::from_slice(&body).map(|Obj(r)| r) {
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
@@ -165,7 +193,7 @@ async fn report(
             format!("a report is at most {} bytes", hub.config().max_report_body_bytes),
         );
     }
-    let ip = client_ip(&hub, info.peer.ip(), &headers);
+    let ip = client_ip(&hub, peer, headers);
     let reporter = match r.device.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         Some(d) if d.len() <= 128 && !d.chars().any(char::is_control) => format!("device:{d}"),
         Some(_) => {
@@ -196,12 +224,7 @@ async fn report(
                 Verdict::Acknowledged(NotCounted::AccountLimited) => Some("account_limited"),
                 Verdict::Acknowledged(NotCounted::Saturated) => Some("saturated"),
             };
-            let body = json!({
-                "counted": v.is_counted(),
-                "reason": reason,
-                "service": r.service,
-                "message": verdict_text(v),
-            });
+            let body = ReportAnswer { counted: v.is_counted(), reason, service: &r.service, message: verdict_text(v) };
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Err(SubmitError::Disabled) => disabled(),

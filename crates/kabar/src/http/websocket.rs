@@ -60,7 +60,7 @@ fn inbound(text: &str, header: &mut StreamWriter) -> Result<Vec<u8>, &'static st
 
 async fn bridge(mut socket: WebSocket, state: HttpState, info: ConnInfo) {
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
-    state.spawn_session(state.c2s.clone().handle_framed(theirs, info.peer, info.cb, "websocket"));
+    state.spawn_session(state.c2s.clone().handle_framed(theirs, info.peer, std::sync::Arc::unwrap_or_clone(info.cb), "websocket"));
     let (mut rd, mut wr) = tokio::io::split::<DuplexStream>(ours);
     let mut header = StreamWriter::new();
     let mut pending: Vec<u8> = Vec::new();

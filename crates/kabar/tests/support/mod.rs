@@ -64,9 +64,19 @@ pub fn wire_log() {
     });
 }
 
+/// A free loopback port, held in TIME_WAIT until the server binds it. Dropping a listener bound to
+/// port 0 puts the port straight back in the pool, where a parallel test's bind(0) may be handed it
+/// before this test's server starts ("address in use"). Connecting once and closing the port's
+/// side first leaves 127.0.0.1:port in TIME_WAIT for a minute: bind(0) and outgoing connections
+/// skip it, while the server (tokio binds with SO_REUSEADDR) takes it at once.
 fn free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    let port = l.local_addr().expect("local addr").port();
+    let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect to the reserved port");
+    let (accepted, _) = l.accept().expect("accept on the reserved port");
+    drop(accepted);
+    drop(client);
+    port
 }
 
 pub struct TestServer {
