@@ -20,30 +20,8 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
-config() { # dir port
-  mkdir -p "$1/data"
-  cat > "$1/kabar.toml" <<TOML
-domain = "bench.local"
-data_dir = "$1/data"
-[c2s]
-listen = ["127.0.0.1:$2"]
-direct_tls_listen = []
-require_encryption = false
-[http]
-listen = []
-[limits]
-stanzas_per_second = 1000000
-stanza_burst = 1000000
-session_queue = 100000
-auth_failures_per_ip_per_minute = 1000000
-auth_failures_per_account_per_minute = 1000000
-[registration]
-enabled = true
-per_ip_per_hour = 100000000
-[log]
-level = "warn"
-TOML
-}
+# The server config is bench/run.sh's own (its kabar_config function), so both measure the same setup.
+eval "$(sed -n '/^kabar_config() {/,/^}/p' "$ROOT/bench/run.sh")"
 PID=""
 start() { # binary dir port
   taskset -c "$SERVER_CPU" "$1" serve --config "$2/kabar.toml" >>"$2/kabar.log" 2>&1 & PID=$!
@@ -66,7 +44,7 @@ i=0
 for side in before after; do
   bin=$BEFORE; [ "$side" = after ] && bin=$AFTER
   port=$((5441 + i)); i=$((i + 1)); dir=$OUT/$side
-  config "$dir" "$port"
+  KD=$dir DOMAIN=bench.local KABAR_PORT=$port kabar_config
   export BENCH_RUN=$dir
   start "$bin" "$dir" "$port" || exit 1
   log "$side: provisioning $ACCOUNTS accounts, warming the SCRAM cache"
