@@ -253,19 +253,9 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     Some(rest.trim_ascii())
 }
 
-/// An answer to a request refused before its body was read. The connection is closed after it, and
-/// the answer says so (`Connection: close`): left to itself hyper keeps the connection only when
-/// the unread body happened to have arrived already, and otherwise closes it silently, so a client
-/// reusing the connection for its next request found it closed under it (about one in three 401s
-/// to a POST on a loaded machine; the flake of test_admin_annotates_and_resolves_an_incident).
-fn refused_unread(mut r: Response) -> Response {
-    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
-}
-
 async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     let Some(admin) = state.admin.as_ref() else {
-        return refused_unread(ApiError::not_found("the admin API is disabled").into_response());
+        return super::refused_unread(ApiError::not_found("the admin API is disabled").into_response());
     };
     let ip = request.extensions().get::<ConnInfo>().map(|c| c.peer.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let key = ip.to_string();
@@ -273,7 +263,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
         let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_failures", "too many failed authentication attempts from this address; try again in a minute")
             .into_response();
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-        return refused_unread(r);
+        return super::refused_unread(r);
     }
     let ok = match bearer(request.headers()) {
         Some(token) => admin.matches(token),
@@ -290,7 +280,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
         let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin token is required: Authorization: Bearer <token>")
             .into_response();
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kabar-admin\""));
-        return refused_unread(r);
+        return super::refused_unread(r);
     }
     next.run(request).await
 }

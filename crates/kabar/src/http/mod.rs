@@ -278,6 +278,16 @@ pub(crate) fn html_escape(s: &str) -> String {
     out
 }
 
+/// An answer to a request refused before its body was read. The connection is closed after it, and
+/// the answer says so (`Connection: close`): left to itself hyper keeps the connection only when
+/// the unread body happened to have arrived already, and otherwise closes it silently, so a client
+/// reusing the connection for its next request found it closed under it (about one in three 401s
+/// to a POST on a loaded machine; the flake of test_admin_annotates_and_resolves_an_incident).
+pub(crate) fn refused_unread(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    r
+}
+
 /// Overload (docs/OVERLOAD.md): new work refused over HTTP is 503 with `Retry-After`.
 pub(crate) fn busy_response(refusal: &kabar_core::admission::Refusal) -> axum::response::Response {
     (

@@ -166,12 +166,11 @@ async fn report(State(state): State<HttpState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     if !is_json(headers) {
-        // Refused before its body is read: close the connection and say so, or hyper drops it
-        // silently whenever the body had not arrived yet and the client's next request on it fails
-        // (same as the admin API's refusals, admin.rs `refused_unread`).
-        let mut r = json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body", "send the report as application/json");
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        return super::refused_unread(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_body",
+            "send the report as application/json",
+        ));
     }
     let body = match axum::body::to_bytes(body, REPORT_READ_LIMIT).await {
         Ok(b) => b,
